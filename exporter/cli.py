@@ -1,0 +1,145 @@
+"""Command line: serve (default), once, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import NoReturn, Optional
+
+from . import __version__
+from .collector import Collector
+from .config import Config, ConfigError, load_config
+from .grouping import template_fields
+from .loop import CollectionLoop
+from .metrics import render
+from .web import make_server
+
+log = logging.getLogger("pss-exporter")
+
+COMMANDS = ("serve", "once", "check-config")
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="pss-exporter",
+        description="Prometheus exporter for per-group PSS/USS/RSS memory.",
+    )
+    p.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=COMMANDS,
+        help="serve: run the collection loop and HTTP server (default); "
+        "once: collect once and print the exposition; "
+        "check-config: validate the config and exit",
+    )
+    p.add_argument("--config", dest="config", metavar="FILE", help="YAML config file")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=":9778",
+        metavar="ADDR",
+        help="address to serve /metrics on (default :9778)",
+    )
+    p.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="DIR")
+    p.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="DIR")
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=("debug", "info", "warn", "error"),
+    )
+    p.add_argument("--version", action="version", version=f"pss-exporter {__version__}")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level={"warn": logging.WARNING}.get(level, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _warn_cardinality(config: Config) -> None:
+    for i, rule in enumerate(config.process_names):
+        risky = template_fields(rule) & {"PID", "StartTime"}
+        if risky:
+            log.warning(
+                "%s: process_names[%d].name uses %s: one group per process; "
+                "max_groups (%d) bounds the series",
+                config.source,
+                i,
+                ", ".join("." + f for f in sorted(risky)),
+                config.max_groups,
+            )
+
+
+def _check_procfs(procfs: str) -> None:
+    if not os.path.isfile(os.path.join(procfs, "meminfo")):
+        raise UsageError(f"--path.procfs: {procfs} is not a procfs (no meminfo)")
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    loop = CollectionLoop(Collector(config, args.procfs), config.collection.interval)
+    try:
+        server = make_server(args.listen, loop)
+    except ValueError as exc:
+        raise UsageError(f"--web.listen-address: {exc}") from None
+    except OSError as exc:
+        raise UsageError(
+            f"--web.listen-address: cannot listen on {args.listen}: {exc.strerror}"
+        ) from None
+    stopping = threading.Event()
+
+    def _shutdown(signum: int, _frame: object) -> None:
+        log.info("received signal %d, shutting down", signum)
+        stopping.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    loop.start()
+    log.info(
+        "pss-exporter %s listening on %s (procfs %s, interval %gs)",
+        __version__,
+        args.listen,
+        args.procfs,
+        config.collection.interval,
+    )
+    server.serve_forever()
+    loop.stop()
+    server.server_close()
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.log_level)
+        config = load_config(args.config)
+        if args.command == "check-config":
+            print(f"{config.source}: OK ({len(config.process_names)} process_names rules)")
+            return 0
+        _check_procfs(args.procfs)
+        _warn_cardinality(config)
+        if args.command == "once":
+            sys.stdout.buffer.write(render(Collector(config, args.procfs).collect()).text)
+            return 0
+        return _serve(args, config)
+    except (UsageError, ConfigError) as exc:
+        print(f"pss-exporter: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,170 @@
+"""Configuration: YAML in, validated frozen dataclasses out.
+
+Every problem is reported as a ConfigError naming the file, the key and the
+reason, so the CLI can print one line and exit 2. Unknown keys are errors,
+except inside process_names entries, which accept process-exporter's format
+unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from .grouping import GroupRule, compile_rule
+
+
+class ConfigError(Exception):
+    """Invalid configuration: str() is the one-line message for the user."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    interval: float = 15.0
+
+
+@dataclass(frozen=True)
+class PhpFpmConfig:
+    enabled: bool = True
+
+
+DEFAULT_RULES_YAML = [{"name": "{{.Comm}}", "cmdline": [".+"]}]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "built-in config"
+    collection: CollectionConfig = field(default_factory=CollectionConfig)
+    max_groups: int = 500
+    php_fpm: PhpFpmConfig = field(default_factory=PhpFpmConfig)
+    process_names: tuple[GroupRule, ...] = ()
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Prometheus-style duration ('500ms', '15s', '1m30s') into seconds."""
+    pos, total = 0, 0.0
+    text = text.strip()
+    while pos < len(text):
+        m = _DURATION_RE.match(text, pos)
+        if not m:
+            raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 15s, 2m)")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise ValueError("empty duration")
+    return total
+
+
+class _Section:
+    """Reads keys of one YAML mapping, remembering its path for messages."""
+
+    def __init__(self, source: str, path: str, data: Any) -> None:
+        self.source, self.path = source, path
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, path or "(top level)", "must be a mapping")
+        self.data = data
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), reason)
+
+    def reject_unknown(self, known: set[str]) -> None:
+        for name in self.data:
+            if name not in known:
+                raise self.error(str(name), "unknown key")
+
+    def sub(self, name: str) -> _Section:
+        return _Section(self.source, self.key(name), self.data.get(name))
+
+    def duration(self, name: str, default: float, minimum: float = 0.0) -> float:
+        if name not in self.data:
+            return default
+        raw = self.data[name]
+        try:
+            value = parse_duration(str(raw)) if not isinstance(raw, bool) else None
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+        if value is None or value < minimum:
+            raise self.error(name, f"must be a duration of at least {minimum:g}s")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        raw = self.data.get(name, default)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
+            raise self.error(name, f"must be an integer >= {minimum}, got {raw!r}")
+        return raw
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.data.get(name, default)
+        if not isinstance(raw, bool):
+            raise self.error(name, f"must be true or false, got {raw!r}")
+        return raw
+
+
+def build_config(data: Any, source: str) -> Config:
+    """Validate parsed YAML and build a Config; raises ConfigError."""
+    top = _Section(source, "", data)
+    top.reject_unknown({"collection", "max_groups", "php_fpm", "process_names"})
+
+    coll = top.sub("collection")
+    coll.reject_unknown({"interval"})
+    collection = CollectionConfig(interval=coll.duration("interval", 15.0, minimum=0.001))
+
+    fpm = top.sub("php_fpm")
+    fpm.reject_unknown({"enabled"})
+    php_fpm = PhpFpmConfig(enabled=fpm.boolean("enabled", True))
+
+    raw_rules = top.data.get("process_names", DEFAULT_RULES_YAML)
+    if raw_rules is None:
+        raw_rules = []
+    if not isinstance(raw_rules, list):
+        raise ConfigError(source, "process_names", "must be a list")
+    rules = []
+    for i, raw in enumerate(raw_rules):
+        try:
+            rules.append(compile_rule(raw))
+        except ValueError as exc:
+            key, _, reason = str(exc).partition(": ")
+            raise ConfigError(source, f"process_names[{i}]{key}", reason) from None
+
+    return Config(
+        source=source,
+        collection=collection,
+        max_groups=top.integer("max_groups", 500, minimum=1),
+        php_fpm=php_fpm,
+        process_names=tuple(rules),
+    )
+
+
+def load_config(path: Optional[str]) -> Config:
+    """Load the YAML file at path, or the built-in config when path is None."""
+    if path is None:
+        return build_config({}, "built-in config")
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(path, where, f"YAML syntax error: {problem}") from None
+    return build_config(data, path)

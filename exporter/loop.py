@@ -1,0 +1,61 @@
+"""The background collection loop and the latest published exposition.
+
+Scrapes never wait for /proc: the loop collects and renders in its own
+thread and swaps a reference; the web server only reads that reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from .collector import Collector
+from .metrics import Exposition, render
+
+log = logging.getLogger(__name__)
+
+
+class CollectionLoop:
+    def __init__(self, collector: Collector, interval: float) -> None:
+        self.collector = collector
+        self.interval = interval
+        self.latest: Optional[Exposition] = None  # replaced whole, never mutated
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collection", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def run_once(self) -> Exposition:
+        self.latest = render(self.collector.collect())
+        return self.latest
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                exp = self.run_once()
+                log.debug(
+                    "collected %d groups in %.3fs",
+                    len(exp.snapshot.groups),
+                    exp.snapshot.duration,
+                )
+            except Exception:  # a bug must not kill the loop; /healthz shows staleness
+                log.exception("collection failed")
+            # Fixed cadence; a collection longer than the interval starts the next at once.
+            next_at = max(next_at + self.interval, time.monotonic())
+            self._stop.wait(next_at - time.monotonic())
+
+    def healthy(self, now: Optional[float] = None) -> bool:
+        """True while the latest snapshot is younger than 3 intervals."""
+        exp = self.latest
+        if exp is None:
+            return False
+        age = (time.time() if now is None else now) - exp.snapshot.finished
+        return age < 3 * self.interval

@@ -1,0 +1,155 @@
+"""Metric families built from a Snapshot, rendered once per snapshot.
+
+Rendering with prometheus_client is far more expensive than serving bytes, so
+each snapshot is turned into its text and OpenMetrics expositions (and their
+gzip forms) once, in the collection thread; a scrape then costs a lookup.
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from . import __version__
+from .discovery import REASONS
+from .snapshot import Distribution, GroupStats, Snapshot
+
+BACKGROUND = " (from the background collection)"
+
+# name, help, value getter: the per-group gauges, in exposition order.
+_GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], Optional[int]]], ...] = (
+    ("pss_group_processes", "Processes in the group", lambda g: g.processes),
+    ("pss_group_pss_bytes", "Sum of Pss (smaps_rollup) over the group", lambda g: g.pss),
+    ("pss_group_pss_anon_bytes", "Sum of Pss_Anon over the group", lambda g: g.pss_anon),
+    ("pss_group_pss_file_bytes", "Sum of Pss_File over the group", lambda g: g.pss_file),
+    ("pss_group_pss_shmem_bytes", "Sum of Pss_Shmem over the group", lambda g: g.pss_shmem),
+    (
+        "pss_group_uss_bytes",
+        "Sum of USS (Private_Clean + Private_Dirty) over the group",
+        lambda g: g.uss,
+    ),
+    ("pss_group_rss_bytes", "Sum of Rss (same smaps_rollup read as Pss)", lambda g: g.rss),
+    ("pss_group_swap_bytes", "Sum of Swap over the group", lambda g: g.swap),
+    ("pss_group_swap_pss_bytes", "Sum of SwapPss over the group", lambda g: g.swap_pss),
+    (
+        "pss_group_unreadable_processes",
+        "Processes of the group whose smaps could not be read (permission denied)",
+        lambda g: g.unreadable,
+    ),
+)
+
+
+def _summary(name: str, doc: str, groups: tuple[GroupStats, ...], pick) -> Metric:
+    metric = Metric(name, doc + BACKGROUND, "summary")
+    for g in groups:
+        dist: Distribution = pick(g)
+        for q, value in dist.quantiles:
+            metric.add_sample(name, {"group": g.name, "quantile": repr(q)}, value)
+        metric.add_sample(name + "_sum", {"group": g.name}, dist.total)
+        metric.add_sample(name + "_count", {"group": g.name}, dist.count)
+    return metric
+
+
+def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
+    """Every pss_* family for one snapshot (fresh objects each call)."""
+    for name, doc, get in _GROUP_GAUGES:
+        fam = GaugeMetricFamily(name, doc + BACKGROUND, labels=["group"])
+        for g in snap.groups:
+            value = get(g)
+            if value is not None:
+                fam.add_metric([g.name], value)
+        yield fam
+    yield _summary(
+        "pss_group_worker_pss_bytes",
+        "Per-worker Pss of the group's workers (php-fpm masters and zombies excluded)",
+        snap.groups,
+        lambda g: g.worker_pss,
+    )
+    yield _summary(
+        "pss_group_worker_uss_bytes",
+        "Per-worker USS of the group's workers (php-fpm masters and zombies excluded)",
+        snap.groups,
+        lambda g: g.worker_uss,
+    )
+    for name, doc, value in (
+        ("pss_host_memory_total_bytes", "MemTotal from /proc/meminfo", snap.memory_total),
+        (
+            "pss_host_memory_available_bytes",
+            "MemAvailable from /proc/meminfo",
+            snap.memory_available,
+        ),
+    ):
+        if value is not None:
+            yield GaugeMetricFamily(name, doc + BACKGROUND, value=value)
+    yield GaugeMetricFamily(
+        "pss_exporter_collection_duration_seconds",
+        "Duration of the last collection",
+        value=snap.duration,
+    )
+    yield GaugeMetricFamily(
+        "pss_exporter_last_collection_timestamp_seconds",
+        "Unix time when the last collection finished",
+        value=snap.finished,
+    )
+    yield GaugeMetricFamily(
+        "pss_exporter_processes_scanned",
+        "PIDs seen in the last collection",
+        value=snap.processes_scanned,
+    )
+    errors = CounterMetricFamily(
+        "pss_exporter_read_errors_total",
+        "Failed reads of /proc files, by reason (vanished, permission, parse)",
+        labels=["reason"],
+    )
+    for reason in REASONS:
+        errors.add_metric([reason], snap.read_errors.get(reason, 0))
+    yield errors
+    yield CounterMetricFamily(
+        "pss_exporter_groups_overflow_total",
+        'Processes put into group "other" because max_groups was reached',
+        value=snap.groups_overflow,
+    )
+    info = GaugeMetricFamily(
+        "pss_exporter_build_info",
+        "Build information of pss-exporter",
+        labels=["version", "python_version"],
+    )
+    info.add_metric([__version__, platform.python_version()], 1)
+    yield info
+
+
+class _SnapshotCollector:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        return snapshot_families(self.snap)
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """One snapshot's rendered /metrics bodies."""
+
+    snapshot: Snapshot
+    text: bytes
+    text_gzip: bytes
+    openmetrics: bytes
+    openmetrics_gzip: bytes
+
+
+def render(snap: Snapshot) -> Exposition:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    # The exporter's own CPU, RSS and fds, taken at render time.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    text = generate_latest(registry)
+    om = generate_openmetrics(registry)
+    return Exposition(snap, text, gzip.compress(text, 6), om, gzip.compress(om, 6))

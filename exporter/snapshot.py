@@ -1,0 +1,118 @@
+"""Aggregation of per-process memory into an immutable snapshot.
+
+The collector hands over one Sample per grouped process; everything the
+metrics, web and CLI views show is computed here, once per collection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
+
+from .procfs import Memory
+
+# Quantiles of the per-worker summaries; 1.0 is the maximum.
+QUANTILES = (0.5, 0.95, 1.0)
+
+
+class Sample(NamedTuple):
+    """One grouped process as seen by one collection.
+
+    memory is None when its smaps could not be read (permission denied).
+    Workers are all processes except php-fpm masters and zombies.
+    """
+
+    group: str
+    memory: Optional[Memory]
+    is_worker: bool
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Per-worker values of one group: quantiles (nearest rank), sum, count."""
+
+    quantiles: tuple[tuple[float, int], ...]
+    total: int
+    count: int
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    name: str
+    processes: int
+    unreadable: int
+    rss: int
+    pss: int
+    uss: int
+    swap: int
+    swap_pss: int
+    # None when no process of the group reported the split (kernel < 5.x).
+    pss_anon: Optional[int]
+    pss_file: Optional[int]
+    pss_shmem: Optional[int]
+    worker_pss: Distribution
+    worker_uss: Distribution
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    groups: tuple[GroupStats, ...]  # sorted by name
+    memory_total: Optional[int]
+    memory_available: Optional[int]
+    started: float  # wall clock, seconds since the epoch
+    duration: float  # seconds the collection took
+    processes_scanned: int
+    read_errors: dict[str, int]  # cumulative, by reason
+    groups_overflow: int  # cumulative processes put into "other"
+
+    @property
+    def finished(self) -> float:
+        return self.started + self.duration
+
+
+def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
+    """The nearest-rank quantile: an actual member's value, never interpolated."""
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def distribution(values: list[int]) -> Distribution:
+    values.sort()
+    if not values:
+        return Distribution((), 0, 0)
+    return Distribution(
+        tuple((q, nearest_rank(values, q)) for q in QUANTILES), sum(values), len(values)
+    )
+
+
+def _optional_sum(values: list[Optional[int]]) -> Optional[int]:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def aggregate_group(name: str, samples: list[Sample]) -> GroupStats:
+    mems = [s.memory for s in samples if s.memory is not None]
+    workers = [s.memory for s in samples if s.is_worker and s.memory is not None]
+    return GroupStats(
+        name=name,
+        processes=len(samples),
+        unreadable=len(samples) - len(mems),
+        rss=sum(m.rss for m in mems),
+        pss=sum(m.pss for m in mems),
+        uss=sum(m.uss for m in mems),
+        swap=sum(m.swap for m in mems),
+        swap_pss=sum(m.swap_pss for m in mems),
+        pss_anon=_optional_sum([m.pss_anon for m in mems]),
+        pss_file=_optional_sum([m.pss_file for m in mems]),
+        pss_shmem=_optional_sum([m.pss_shmem for m in mems]),
+        worker_pss=distribution([m.pss for m in workers]),
+        worker_uss=distribution([m.uss for m in workers]),
+    )
+
+
+def aggregate(samples: list[Sample]) -> tuple[GroupStats, ...]:
+    by_group: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_group.setdefault(s.group, []).append(s)
+    return tuple(aggregate_group(name, by_group[name]) for name in sorted(by_group))

@@ -1,0 +1,118 @@
+"""HTTP server: /metrics serves the latest pre-rendered exposition, / a
+landing page, /healthz the freshness of the snapshot."""
+
+from __future__ import annotations
+
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import __version__
+from .loop import CollectionLoop
+
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+LANDING = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>pss-exporter</title></head>
+<body><h1>pss-exporter {__version__}</h1>
+<p>Per-group PSS, USS and RSS from /proc/PID/smaps_rollup.</p>
+<ul><li><a href="metrics">metrics</a></li><li><a href="healthz">healthz</a></li></ul>
+</body></html>
+""".encode()
+
+
+def parse_listen_address(addr: str) -> tuple[str, int]:
+    """Split 'host:port', ':port' or '[v6]:port'; raise ValueError if malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {addr!r} (expected host:port or :port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], loop: CollectionLoop) -> None:
+        host, _ = address
+        if host == "" and socket.has_dualstack_ipv6():
+            self.address_family = socket.AF_INET6
+            address = ("::", address[1])
+        elif ":" in host:
+            self.address_family = socket.AF_INET6
+        self.loop = loop
+        super().__init__(address, _Handler, bind_and_activate=False)
+        if self.address_family == socket.AF_INET6 and host == "":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            self.server_bind()
+            self.server_activate()
+        except OSError:
+            self.server_close()
+            raise
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = f"pss-exporter/{__version__}"
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a stuck client's thread gives up after this
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass  # scrapes are not worth a log line each
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/":
+            self._send(200, "text/html; charset=utf-8", LANDING)
+        elif path == "/healthz":
+            if self.server.loop.healthy():
+                self._send(200, "text/plain; charset=utf-8", b"OK\n")
+            else:
+                self._send(503, "text/plain; charset=utf-8", b"snapshot is stale\n")
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def _not_allowed(self) -> None:
+        self._send(405, "text/plain; charset=utf-8", b"method not allowed\n", allow=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def _metrics(self) -> None:
+        exp = self.server.loop.latest
+        if exp is None:
+            self._send(503, "text/plain; charset=utf-8", b"no collection finished yet\n")
+            return
+        accept = self.headers.get("Accept", "")
+        gz = "gzip" in self.headers.get("Accept-Encoding", "")
+        if "application/openmetrics-text" in accept:
+            ctype, body = OPENMETRICS_TYPE, exp.openmetrics_gzip if gz else exp.openmetrics
+        else:
+            ctype, body = TEXT_TYPE, exp.text_gzip if gz else exp.text
+        self._send(200, ctype, body, gzipped=gz)
+
+    def _send(
+        self, code: int, ctype: str, body: bytes, gzipped: bool = False, allow: bool = False
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        if allow:
+            self.send_header("Allow", "GET, HEAD")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def make_server(address: str, loop: CollectionLoop) -> _Server:
+    """Bind the server (raises ValueError for a bad address, OSError if busy)."""
+    return _Server(parse_listen_address(address), loop)
