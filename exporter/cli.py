@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 from . import __version__
 from .collector import Collector
@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _setup_logging(args.log_level)

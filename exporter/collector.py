@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from .config import Config
 from .discovery import (
@@ -37,8 +37,8 @@ class _Entry(NamedTuple):
     """What the collector remembers of a process between cycles."""
 
     starttime: int
-    group: Optional[str]  # from process_names; None: not matched
-    fpm: Optional[FpmRole]  # php-fpm title, whether or not php_fpm grouping is on
+    group: str | None  # from process_names; None: not matched
+    fpm: FpmRole | None  # php-fpm title, whether or not php_fpm grouping is on
 
 
 class _Tracked(NamedTuple):
@@ -57,7 +57,7 @@ class Collector:
         self._overflowed: set[int] = set()
         self._overflow_total = 0
         self._use_rollup = True
-        self._btime: Optional[float] = None
+        self._btime: float | None = None
 
     # ------------------------------------------------------------ public
 
@@ -145,7 +145,7 @@ class Collector:
         self._overflowed = overflowed
         return result
 
-    def _wanted_group(self, t: _Tracked) -> Optional[str]:
+    def _wanted_group(self, t: _Tracked) -> str | None:
         fpm = t.entry.fpm
         if fpm is not None and self.config.php_fpm.enabled:
             return FPM_MASTER_GROUP if fpm.is_master else None  # pools named later
@@ -179,7 +179,7 @@ class Collector:
         self._admitted = frozenset(admitted)
         return self._admitted
 
-    def _sample(self, t: _Tracked, group: str) -> Optional[Sample]:
+    def _sample(self, t: _Tracked, group: str) -> Sample | None:
         is_master = t.entry.fpm is not None and t.entry.fpm.is_master
         if t.stat.state == "Z":  # a zombie holds no memory and is no worker
             return Sample(group, ZERO_MEMORY, False)
@@ -206,7 +206,7 @@ class Collector:
                 self._use_rollup = False
         return parse_smaps(read_bytes(f"{base}/smaps"))
 
-    def _host_memory(self) -> tuple[Optional[int], Optional[int]]:
+    def _host_memory(self) -> tuple[int | None, int | None]:
         try:
             info = parse_meminfo(read_bytes(f"{self.procfs}/meminfo"))
         except (OSError, ParseError) as exc:

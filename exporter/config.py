@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -151,7 +151,7 @@ def build_config(data: Any, source: str) -> Config:
     )
 
 
-def load_config(path: Optional[str]) -> Config:
+def load_config(path: str | None) -> Config:
     """Load the YAML file at path, or the built-in config when path is None."""
     if path is None:
         return build_config({}, "built-in config")

@@ -12,7 +12,7 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 NO_VALUE = "<no value>"  # what Go's text/template prints for a missing map key
 
@@ -181,12 +181,12 @@ class GroupRule:
     """One process_names entry: all given matchers must match (AND)."""
 
     template: tuple[Any, ...]
-    comm: Optional[frozenset[str]] = None
-    exe_base: Optional[dict[str, str]] = None  # basename -> full path or ""
+    comm: frozenset[str] | None = None
+    exe_base: dict[str, str] | None = None  # basename -> full path or ""
     cmdline: tuple[re.Pattern[str], ...] = ()
     has_cmdline_rule: bool = False
 
-    def match(self, proc: ProcessView) -> Optional[str]:
+    def match(self, proc: ProcessView) -> str | None:
         """Return the group name for proc, or None when the rule does not match."""
         if self.comm is not None and proc.comm not in self.comm:
             return None
@@ -282,7 +282,7 @@ class FpmRole(NamedTuple):
     name: str  # pool name, or the master's config path
 
 
-def fpm_role(comm: str, cmdline: Callable[[], tuple[str, ...]]) -> Optional[FpmRole]:
+def fpm_role(comm: str, cmdline: Callable[[], tuple[str, ...]]) -> FpmRole | None:
     """Classify a process by php-fpm's title; None if it is not php-fpm's."""
     if not comm.startswith("php-fpm"):
         return None  # cheap test first: cmdline is read only for php-fpm

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional
 
 from .collector import Collector
 from .metrics import Exposition, render
@@ -21,7 +20,7 @@ class CollectionLoop:
     def __init__(self, collector: Collector, interval: float) -> None:
         self.collector = collector
         self.interval = interval
-        self.latest: Optional[Exposition] = None  # replaced whole, never mutated
+        self.latest: Exposition | None = None  # replaced whole, never mutated
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collection", daemon=True)
 
@@ -52,7 +51,7 @@ class CollectionLoop:
             next_at = max(next_at + self.interval, time.monotonic())
             self._stop.wait(next_at - time.monotonic())
 
-    def healthy(self, now: Optional[float] = None) -> bool:
+    def healthy(self, now: float | None = None) -> bool:
         """True while the latest snapshot is younger than 3 intervals."""
         exp = self.latest
         if exp is None:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import gzip
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -24,7 +29,7 @@ from .snapshot import Distribution, GroupStats, Snapshot
 BACKGROUND = " (from the background collection)"
 
 # name, help, value getter: the per-group gauges, in exposition order.
-_GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], Optional[int]]], ...] = (
+_GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] = (
     ("pss_group_processes", "Processes in the group", lambda g: g.processes),
     ("pss_group_pss_bytes", "Sum of Pss (smaps_rollup) over the group", lambda g: g.pss),
     ("pss_group_pss_anon_bytes", "Sum of Pss_Anon over the group", lambda g: g.pss_anon),

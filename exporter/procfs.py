@@ -8,7 +8,7 @@ not (older kernels lack some fields).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 # /proc/PID/stat field 9 flag marking kernel threads (include/linux/sched.h).
 PF_KTHREAD = 0x00200000
@@ -68,9 +68,9 @@ class Memory(NamedTuple):
     uss: int
     swap: int
     swap_pss: int
-    pss_anon: Optional[int]
-    pss_file: Optional[int]
-    pss_shmem: Optional[int]
+    pss_anon: int | None
+    pss_file: int | None
+    pss_shmem: int | None
 
 
 ZERO_MEMORY = Memory(0, 0, 0, 0, 0, None, None, None)

@@ -7,8 +7,9 @@ metrics, web and CLI views show is computed here, once per collection.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 from .procfs import Memory
 
@@ -24,7 +25,7 @@ class Sample(NamedTuple):
     """
 
     group: str
-    memory: Optional[Memory]
+    memory: Memory | None
     is_worker: bool
 
 
@@ -48,9 +49,9 @@ class GroupStats:
     swap: int
     swap_pss: int
     # None when no process of the group reported the split (kernel < 5.x).
-    pss_anon: Optional[int]
-    pss_file: Optional[int]
-    pss_shmem: Optional[int]
+    pss_anon: int | None
+    pss_file: int | None
+    pss_shmem: int | None
     worker_pss: Distribution
     worker_uss: Distribution
 
@@ -58,8 +59,8 @@ class GroupStats:
 @dataclass(frozen=True)
 class Snapshot:
     groups: tuple[GroupStats, ...]  # sorted by name
-    memory_total: Optional[int]
-    memory_available: Optional[int]
+    memory_total: int | None
+    memory_available: int | None
     started: float  # wall clock, seconds since the epoch
     duration: float  # seconds the collection took
     processes_scanned: int
@@ -86,7 +87,7 @@ def distribution(values: list[int]) -> Distribution:
     )
 
 
-def _optional_sum(values: list[Optional[int]]) -> Optional[int]:
+def _optional_sum(values: list[int | None]) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
 
