@@ -19,7 +19,6 @@ from .discovery import (
     PERMISSION,
     REASONS,
     LiveProcess,
-    boot_time,
     error_reason,
     list_pids,
     read_bytes,
@@ -57,7 +56,6 @@ class Collector:
         self._overflowed: set[int] = set()
         self._overflow_total = 0
         self._use_rollup = True
-        self._btime: float | None = None
 
     # ------------------------------------------------------------ public
 
@@ -110,9 +108,7 @@ class Collector:
         return tracked
 
     def _classify(self, pid: int, st: Stat) -> _Entry:
-        if self._btime is None:
-            self._btime = boot_time(self.procfs)
-        proc = LiveProcess(self.procfs, pid, st.comm, st.starttime, self._btime)
+        proc = LiveProcess(self.procfs, pid, st.comm, st.starttime)
         role = fpm_role(st.comm, lambda: proc.cmdline)
         if role is not None and self.config.php_fpm.enabled:
             return _Entry(st.starttime, None, role)

@@ -51,6 +51,7 @@ def list_pids(procfs: str) -> list[int]:
     return [int(name) for name in os.listdir(procfs) if name.isdigit()]
 
 
+@lru_cache(maxsize=8)
 def boot_time(procfs: str) -> float:
     """btime from /proc/stat: the epoch second the kernel booted."""
     for line in read_bytes(f"{procfs}/stat").split(b"\n"):
@@ -100,5 +101,5 @@ class LiveProcess:
     def start_time(self) -> datetime.datetime:
         ticks = os.sysconf("SC_CLK_TCK")
         return datetime.datetime.fromtimestamp(
-            self._btime + self.starttime / ticks, datetime.timezone.utc
+            boot_time(self.procfs) + self.starttime / ticks, datetime.timezone.utc
         )

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run lint and the whole test suite.
+# Works on a fresh Debian 12 machine as root (or with sudo available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Debian packages the tests start for real: php-fpm pools, Prometheus.
+pkgs=()
+command -v php-fpm8.2 >/dev/null || [ -x /usr/sbin/php-fpm8.2 ] || pkgs+=(php8.2-fpm)
+command -v prometheus >/dev/null || pkgs+=(prometheus)
+python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check exporter tests
+.venv/bin/ruff format --check exporter tests
+exec .venv/bin/python -m pytest "$@"
