@@ -75,10 +75,9 @@ class LiveProcess:
     OSError, which the collector classifies with error_reason().
     """
 
-    def __init__(self, procfs: str, pid: int, comm: str, starttime: int, btime: float) -> None:
-        self.dir = f"{procfs}/{pid}"
+    def __init__(self, procfs: str, pid: int, comm: str, starttime: int) -> None:
+        self.procfs, self.dir = procfs, f"{procfs}/{pid}"
         self.pid, self.comm, self.starttime = pid, comm, starttime
-        self._btime = btime
 
     @cached_property
     def cmdline(self) -> tuple[str, ...]:
