@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import NoReturn
 
 from . import __version__
@@ -137,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_procfs(args.procfs)
         _warn_cardinality(config)
         if args.command == "once":
-            sys.stdout.buffer.write(render(Collector(config, args.procfs).collect()).text)
+            # One complete collection: no time budget to defer reads to a next cycle.
+            unbounded = replace(config, collection=replace(config.collection, budget=math.inf))
+            sys.stdout.buffer.write(render(Collector(unbounded, args.procfs).collect()).text)
             return 0
         return _serve(args, config)
     except (UsageError, ConfigError) as exc:

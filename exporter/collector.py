@@ -1,9 +1,22 @@
 """The collection cycle: list the procfs, group processes, read their
 smaps_rollup and aggregate everything into an immutable Snapshot.
 
-Per-process state that outlives a cycle (which group a process belongs to)
-is cached by (pid, starttime), so cmdline and friends are read once per
-process lifetime and a reused PID is classified afresh.
+Reading smaps_rollup is the expensive part (the kernel walks the target's page
+tables), so a cycle reads it only where it can have changed:
+
+- a process whose cheap /proc/PID/statm is byte-for-byte unchanged keeps its
+  cached values, and even its stat is not re-read;
+- every member of a group whose membership changed is re-read (the PSS of
+  shared pages depends on who else maps them);
+- values older than collection.max_age are re-read whatever statm says;
+- large processes (Rss >= collection.large_rss) are read at most every
+  collection.large_interval, so a huge heap is not page-walked every cycle;
+- reading stops for the cycle at collection.budget; what is left keeps its
+  previous values, is reported stale, and goes first next cycle (the due list
+  is ordered oldest read first, so nothing starves).
+
+Per-process state lives in one slotted object per process, keyed by PID and
+checked against the start time, so a reused PID is classified afresh.
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import NamedTuple
+from concurrent.futures import ThreadPoolExecutor
 
 from .config import Config
 from .discovery import (
@@ -25,49 +38,89 @@ from .discovery import (
 )
 from .grouping import FPM_MASTER_GROUP, FpmRole, fpm_pool_groups, fpm_role
 from .procfs import ZERO_MEMORY, Memory, ParseError, Stat, parse_meminfo, parse_smaps, parse_stat
-from .snapshot import Sample, Snapshot, aggregate
+from .snapshot import DEFERRED, READ, REUSED, LargeRead, Sample, Snapshot, aggregate
 
 log = logging.getLogger(__name__)
 
 OTHER_GROUP = "other"
+LARGE_READS_EXPORTED = 5  # bounded: top N large processes by read time
+NEVER = float("-inf")
 
 
-class _Entry(NamedTuple):
-    """What the collector remembers of a process between cycles."""
+class _Proc:
+    """What the collector knows of one process across cycles."""
 
-    starttime: int
-    group: str | None  # from process_names; None: not matched
-    fpm: FpmRole | None  # php-fpm title, whether or not php_fpm grouping is on
+    __slots__ = (
+        "dirty",
+        "fpm",
+        "group",
+        "memory",
+        "pid",
+        "ppid",
+        "read_at",
+        "read_seconds",
+        "starttime",
+        "state",
+        "statm",
+        "tracked",
+        "unreadable",
+    )
 
+    def __init__(self, pid: int, st: Stat, group: str | None, fpm: FpmRole | None, tracked: bool):
+        self.pid, self.starttime = pid, st.starttime
+        self.ppid, self.state = st.ppid, st.state
+        self.group = group  # from process_names; None: no rule matched
+        self.fpm = fpm  # php-fpm title, whether or not php_fpm grouping is on
+        self.tracked = tracked
+        self.statm: bytes | None = None  # raw bytes: comparing them is the test
+        self.memory: Memory | None = None
+        self.read_at = NEVER
+        self.read_seconds = 0.0
+        self.dirty = True  # statm changed (or new) and not read since
+        self.unreadable = False
 
-class _Tracked(NamedTuple):
-    pid: int
-    stat: Stat
-    entry: _Entry
+    @property
+    def is_master(self) -> bool:
+        return self.fpm is not None and self.fpm.is_master
 
 
 class Collector:
     def __init__(self, config: Config, procfs: str = "/proc") -> None:
         self.config = config
         self.procfs = procfs.rstrip("/") or "/"
-        self._cache: dict[int, _Entry] = {}
+        cc = config.collection
+        self._use_statm = cc.max_age > 0  # full freshness needs no change detection
+        # A cycle that starts a little early still counts an age as reached.
+        self._slack = cc.interval / 2
+        self._cache: dict[int, _Proc] = {}
+        self._members: dict[str, frozenset[int]] = {}
         self._errors = dict.fromkeys(REASONS, 0)
         self._admitted: frozenset[str] = frozenset()
         self._overflowed: set[int] = set()
         self._overflow_total = 0
+        self._budget_exhausted = 0
         self._use_rollup = True
+        self._pool = ThreadPoolExecutor(cc.threads, "smaps") if cc.threads > 1 else None
 
     # ------------------------------------------------------------ public
 
     def collect(self) -> Snapshot:
         started, t0 = time.time(), time.perf_counter()
+        now = time.monotonic()
         pids = list_pids(self.procfs)
-        tracked = self._discover(pids)
-        groups = self._assign_groups(tracked)
-        samples = [self._sample(t, g) for t, g in zip(tracked, groups)]
+        procs = self._discover(pids)
+        groups = self._assign_groups(procs)
+        due = self._due(procs, groups, now)
+        deferred = self._read(due, now, t0 + self.config.collection.budget)
+        samples = []
+        for p, group in zip(procs, groups):
+            sample = self._sample(p, group, p.pid in deferred)
+            if sample is not None:
+                samples.append(sample)
+        read = len(due) - len(deferred)
         total, available = self._host_memory()
         return Snapshot(
-            groups=aggregate([s for s in samples if s is not None]),
+            groups=aggregate(samples),
             memory_total=total,
             memory_available=available,
             started=started,
@@ -75,17 +128,32 @@ class Collector:
             processes_scanned=len(pids),
             read_errors=dict(self._errors),
             groups_overflow=self._overflow_total,
+            smaps_outcomes={READ: read, REUSED: len(procs) - len(due), DEFERRED: len(deferred)},
+            budget_exhausted=self._budget_exhausted,
+            large_reads=self._large_reads(procs, groups),
         )
 
     # ----------------------------------------------------------- stages
 
-    def _discover(self, pids: list[int]) -> list[_Tracked]:
-        """Read stat of every PID, classify new ones, keep the grouped ones."""
-        cache: dict[int, _Entry] = {}
+    def _discover(self, pids: list[int]) -> list[_Proc]:
+        """Find the grouped processes; read stat only where statm changed."""
+        cache: dict[int, _Proc] = {}
         tracked = []
+        base = self.procfs
         for pid in pids:
+            p = self._cache.get(pid)
+            statm = None
+            if p is not None and p.statm is not None:
+                try:
+                    statm = read_bytes(f"{base}/{pid}/statm")
+                except OSError:
+                    statm = None  # let the stat read below decide what happened
+                if statm == p.statm:  # same process, same memory map size
+                    cache[pid] = p
+                    tracked.append(p)
+                    continue
             try:
-                st = parse_stat(read_bytes(f"{self.procfs}/{pid}/stat"))
+                st = parse_stat(read_bytes(f"{base}/{pid}/stat"))
             except OSError as exc:
                 self._count(error_reason(exc))
                 continue
@@ -94,71 +162,73 @@ class Collector:
                 continue
             if st.is_kernel_thread:
                 continue
-            entry = self._cache.get(pid)
-            if entry is None or entry.starttime != st.starttime:
+            if p is None or p.starttime != st.starttime:
                 try:
-                    entry = self._classify(pid, st)
+                    p = self._classify(pid, st)
                 except OSError as exc:
                     self._count(error_reason(exc))
                     continue
-            cache[pid] = entry
-            if entry.group is not None or (entry.fpm and self.config.php_fpm.enabled):
-                tracked.append(_Tracked(pid, st, entry))
+            cache[pid] = p
+            if not p.tracked:
+                continue
+            p.ppid, p.state, p.dirty = st.ppid, st.state, True
+            if self._use_statm:
+                if statm is None:
+                    try:
+                        statm = read_bytes(f"{base}/{pid}/statm")
+                    except OSError:
+                        statm = None
+                p.statm = statm
+            tracked.append(p)
         self._cache = cache
         return tracked
 
-    def _classify(self, pid: int, st: Stat) -> _Entry:
+    def _classify(self, pid: int, st: Stat) -> _Proc:
         proc = LiveProcess(self.procfs, pid, st.comm, st.starttime)
         role = fpm_role(st.comm, lambda: proc.cmdline)
         if role is not None and self.config.php_fpm.enabled:
-            return _Entry(st.starttime, None, role)
+            return _Proc(pid, st, None, role, True)
         for rule in self.config.process_names:
             name = rule.match(proc)
             if name is not None:
-                return _Entry(st.starttime, name, role)
-        return _Entry(st.starttime, None, role)
+                return _Proc(pid, st, name, role, True)
+        return _Proc(pid, st, None, role, False)
 
-    def _assign_groups(self, tracked: list[_Tracked]) -> list[str]:
+    def _assign_groups(self, procs: list[_Proc]) -> list[str]:
         """Final group names: php-fpm pools disambiguated, max_groups applied."""
-        wanted = [self._wanted_group(t) for t in tracked]
-        if any(w is None for w in wanted):
-            names = self._fpm_names(tracked)
-            wanted = [
-                w if w is not None else names[(t.entry.fpm.name, t.stat.ppid)]
-                for t, w in zip(tracked, wanted)
-            ]
+        fpm_on = self.config.php_fpm.enabled
+        names = self._fpm_names(procs) if fpm_on else {}
+        wanted = []
+        for p in procs:
+            if p.fpm is not None and fpm_on:
+                wanted.append(FPM_MASTER_GROUP if p.is_master else names[(p.fpm.name, p.ppid)])
+            else:
+                wanted.append(p.group)
         admitted = self._admit(wanted)
         overflowed = set()
         result = []
-        for t, group in zip(tracked, wanted):
+        for p, group in zip(procs, wanted):
             if group in admitted:
                 result.append(group)
                 continue
             result.append(OTHER_GROUP)
-            overflowed.add(t.pid)
-            if t.pid not in self._overflowed:
+            overflowed.add(p.pid)
+            if p.pid not in self._overflowed:
                 self._overflow_total += 1
         self._overflowed = overflowed
         return result
 
-    def _wanted_group(self, t: _Tracked) -> str | None:
-        fpm = t.entry.fpm
-        if fpm is not None and self.config.php_fpm.enabled:
-            return FPM_MASTER_GROUP if fpm.is_master else None  # pools named later
-        return t.entry.group
-
     @staticmethod
-    def _fpm_names(tracked: list[_Tracked]) -> dict[tuple[str, int], str]:
+    def _fpm_names(procs: list[_Proc]) -> dict[tuple[str, int], str]:
         pools: dict[tuple[str, int], None] = {}
         masters: dict[int, tuple[str, int]] = {}
-        for t in tracked:
-            fpm = t.entry.fpm
-            if fpm is None:
+        for p in procs:
+            if p.fpm is None:
                 continue
-            if fpm.is_master:
-                masters[t.pid] = (fpm.name, t.stat.starttime)
+            if p.fpm.is_master:
+                masters[p.pid] = (p.fpm.name, p.starttime)
             else:
-                pools[(fpm.name, t.stat.ppid)] = None
+                pools[(p.fpm.name, p.ppid)] = None
         return fpm_pool_groups(pools, masters)
 
     def _admit(self, wanted: list[str]) -> frozenset[str]:
@@ -175,20 +245,68 @@ class Collector:
         self._admitted = frozenset(admitted)
         return self._admitted
 
-    def _sample(self, t: _Tracked, group: str) -> Sample | None:
-        is_master = t.entry.fpm is not None and t.entry.fpm.is_master
-        if t.stat.state == "Z":  # a zombie holds no memory and is no worker
-            return Sample(group, ZERO_MEMORY, False)
-        try:
-            memory = self._read_memory(t.pid)
-        except OSError as exc:
-            reason = error_reason(exc)
-            self._count(reason)
-            return Sample(group, None, not is_master) if reason == PERMISSION else None
-        except ParseError:
-            self._count(PARSE)
+    def _due(self, procs: list[_Proc], groups: list[str], now: float) -> list[_Proc]:
+        """Processes whose smaps must be read this cycle, oldest read first."""
+        cc = self.config.collection
+        members: dict[str, set[int]] = {}
+        for p, group in zip(procs, groups):
+            members.setdefault(group, set()).add(p.pid)
+        moved = {g for g, pids in members.items() if self._members.get(g) != pids}
+        self._members = {g: frozenset(pids) for g, pids in members.items()}
+        due = []
+        for p, group in zip(procs, groups):
+            if p.state == "Z":
+                continue  # nothing to read: a zombie's memory is gone
+            age = now - p.read_at + self._slack
+            if p.memory is not None and p.memory.rss >= cc.large_rss:
+                if age >= cc.large_interval:
+                    due.append(p)
+            elif p.dirty or p.unreadable or group in moved or age >= cc.max_age:
+                due.append(p)
+        due.sort(key=lambda p: p.read_at)
+        return due
+
+    def _read(self, due: list[_Proc], now: float, deadline: float) -> set[int]:
+        """Read smaps of the due processes until the deadline; return the
+        PIDs deferred to a later cycle."""
+        if self._pool is not None:
+            results = list(self._pool.map(lambda p: self._timed_read(p.pid, deadline), due))
+        else:
+            results = [self._timed_read(p.pid, deadline) for p in due]
+        deferred = set()
+        for p, result in zip(due, results):
+            if result is None:
+                deferred.add(p.pid)
+                continue
+            memory, reason, seconds = result
+            if reason is not None:
+                self._count(reason)
+                p.unreadable = reason == PERMISSION
+                p.memory = None
+                if not p.unreadable:  # vanished or garbled: leave it out
+                    self._cache.pop(p.pid, None)
+                continue
+            p.memory, p.read_at, p.read_seconds = memory, now, seconds
+            p.dirty = p.unreadable = False
+        if deferred:
+            self._budget_exhausted += 1
+            log.debug("budget reached: %d smaps reads deferred", len(deferred))
+        return deferred
+
+    def _timed_read(
+        self, pid: int, deadline: float
+    ) -> tuple[Memory | None, str | None, float] | None:
+        """(memory, error reason, seconds), or None when past the deadline."""
+        t = time.perf_counter()
+        if t > deadline:
             return None
-        return Sample(group, memory, not is_master)
+        try:
+            memory, reason = self._read_memory(pid), None
+        except OSError as exc:
+            memory, reason = None, error_reason(exc)
+        except ParseError:
+            memory, reason = None, PARSE
+        return memory, reason, time.perf_counter() - t
 
     def _read_memory(self, pid: int) -> Memory:
         base = f"{self.procfs}/{pid}"
@@ -201,6 +319,26 @@ class Collector:
                 log.info("no smaps_rollup (kernel < 4.14): summing smaps instead")
                 self._use_rollup = False
         return parse_smaps(read_bytes(f"{base}/smaps"))
+
+    def _sample(self, p: _Proc, group: str, deferred: bool) -> Sample | None:
+        is_worker = not p.is_master
+        if p.state == "Z":  # a zombie holds no memory and is no worker
+            return Sample(group, ZERO_MEMORY, False)
+        if p.unreadable:
+            return Sample(group, None, is_worker, unreadable=True)
+        if p.memory is None and not deferred:
+            return None  # vanished or garbled during this cycle's read
+        return Sample(group, p.memory, is_worker, stale=deferred)
+
+    def _large_reads(self, procs: list[_Proc], groups: list[str]) -> tuple[LargeRead, ...]:
+        limit = self.config.collection.large_rss
+        large = [
+            LargeRead(g, p.read_seconds)
+            for p, g in zip(procs, groups)
+            if p.memory is not None and p.memory.rss >= limit
+        ]
+        large.sort(key=lambda r: r.seconds, reverse=True)
+        return tuple(large[:LARGE_READS_EXPORTED])
 
     def _host_memory(self) -> tuple[int | None, int | None]:
         try:

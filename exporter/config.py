@@ -28,6 +28,15 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class CollectionConfig:
     interval: float = 15.0
+    # Cached smaps values of an unchanged process are re-read after this long;
+    # 0 re-reads every process every cycle (full freshness).
+    max_age: float = 75.0
+    # Reading smaps stops for the cycle after this long; the rest is deferred.
+    budget: float = 7.5
+    # Processes with at least this much Rss are read at most every large_interval.
+    large_rss: int = 2 << 30
+    large_interval: float = 120.0
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,18 @@ class Config:
     process_names: tuple[GroupRule, ...] = ()
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "TiB": 1 << 40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+}
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -64,6 +85,17 @@ def parse_duration(text: str) -> float:
     if not text:
         raise ValueError("empty duration")
     return total
+
+
+def parse_size(text: str) -> int:
+    """Parse a size ('512MiB', '2GiB', '1GB', or plain bytes) into bytes."""
+    text = text.strip()
+    digits = len(text) - len(text.lstrip("0123456789."))
+    number, unit = text[:digits], text[digits:].strip()
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise ValueError(f"invalid size {text!r} (use e.g. 512MiB, 2GiB or bytes)") from None
 
 
 class _Section:
@@ -103,6 +135,15 @@ class _Section:
             raise self.error(name, f"must be a duration of at least {minimum:g}s")
         return value
 
+    def size(self, name: str, default: int) -> int:
+        raw = self.data.get(name, default)
+        if isinstance(raw, bool):
+            raise self.error(name, f"must be a size, got {raw!r}")
+        try:
+            return raw if isinstance(raw, int) and raw >= 0 else parse_size(str(raw))
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
     def integer(self, name: str, default: int, minimum: int = 0) -> int:
         raw = self.data.get(name, default)
         if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
@@ -122,8 +163,16 @@ def build_config(data: Any, source: str) -> Config:
     top.reject_unknown({"collection", "max_groups", "php_fpm", "process_names"})
 
     coll = top.sub("collection")
-    coll.reject_unknown({"interval"})
-    collection = CollectionConfig(interval=coll.duration("interval", 15.0, minimum=0.001))
+    coll.reject_unknown({"interval", "max_age", "budget", "large_rss", "large_interval", "threads"})
+    interval = coll.duration("interval", 15.0, minimum=0.001)
+    collection = CollectionConfig(
+        interval=interval,
+        max_age=coll.duration("max_age", 5 * interval),
+        budget=coll.duration("budget", interval / 2, minimum=0.001),
+        large_rss=coll.size("large_rss", CollectionConfig.large_rss),
+        large_interval=coll.duration("large_interval", CollectionConfig.large_interval),
+        threads=coll.integer("threads", 1, minimum=1),
+    )
 
     fpm = top.sub("php_fpm")
     fpm.reject_unknown({"enabled"})

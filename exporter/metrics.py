@@ -24,7 +24,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from .discovery import REASONS
-from .snapshot import Distribution, GroupStats, Snapshot
+from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, Snapshot
 
 BACKGROUND = " (from the background collection)"
 
@@ -47,6 +47,12 @@ _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] =
         "pss_group_unreadable_processes",
         "Processes of the group whose smaps could not be read (permission denied)",
         lambda g: g.unreadable,
+    ),
+    (
+        "pss_group_stale_processes",
+        "Processes of the group whose due smaps read was deferred by collection.budget "
+        "(their values are from an earlier collection, or missing if never read)",
+        lambda g: g.stale,
     ),
 )
 
@@ -108,6 +114,30 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
         "PIDs seen in the last collection",
         value=snap.processes_scanned,
     )
+    outcomes = GaugeMetricFamily(
+        "pss_exporter_smaps_processes",
+        "Grouped processes in the last collection by how their memory was obtained: "
+        "read (smaps_rollup read), reused (unchanged, cached values within max_age), "
+        "deferred (due but past collection.budget)",
+        labels=["outcome"],
+    )
+    for outcome in SMAPS_OUTCOMES:
+        outcomes.add_metric([outcome], snap.smaps_outcomes.get(outcome, 0))
+    yield outcomes
+    yield CounterMetricFamily(
+        "pss_exporter_budget_exhausted_total",
+        "Collections that stopped reading smaps at collection.budget",
+        value=snap.budget_exhausted,
+    )
+    large = GaugeMetricFamily(
+        "pss_exporter_large_process_read_seconds",
+        "Duration of the last smaps read of the slowest large processes "
+        "(Rss >= collection.large_rss), ranked from 1",
+        labels=["rank", "group"],
+    )
+    for rank, read in enumerate(snap.large_reads, 1):
+        large.add_metric([str(rank), read.group], read.seconds)
+    yield large
     errors = CounterMetricFamily(
         "pss_exporter_read_errors_total",
         "Failed reads of /proc files, by reason (vanished, permission, parse)",

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .procfs import Memory
+
+# How a collection obtained a process's memory (pss_exporter_smaps_processes).
+READ, REUSED, DEFERRED = "read", "reused", "deferred"
+SMAPS_OUTCOMES = (READ, REUSED, DEFERRED)
 
 # Quantiles of the per-worker summaries; 1.0 is the maximum.
 QUANTILES = (0.5, 0.95, 1.0)
@@ -20,13 +24,24 @@ QUANTILES = (0.5, 0.95, 1.0)
 class Sample(NamedTuple):
     """One grouped process as seen by one collection.
 
-    memory is None when its smaps could not be read (permission denied).
+    memory is None when its smaps could not be read (unreadable: permission
+    denied) or has not been read yet (stale: deferred by the time budget).
+    stale with memory set means the values are from an earlier cycle.
     Workers are all processes except php-fpm masters and zombies.
     """
 
     group: str
     memory: Memory | None
     is_worker: bool
+    unreadable: bool = False
+    stale: bool = False
+
+
+class LargeRead(NamedTuple):
+    """How long the last smaps read of one large process took."""
+
+    group: str
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,7 @@ class GroupStats:
     name: str
     processes: int
     unreadable: int
+    stale: int
     rss: int
     pss: int
     uss: int
@@ -66,6 +82,11 @@ class Snapshot:
     processes_scanned: int
     read_errors: dict[str, int]  # cumulative, by reason
     groups_overflow: int  # cumulative processes put into "other"
+    # How this cycle obtained each grouped process's memory: read, reused
+    # (unchanged since a read within max_age) or deferred (budget/schedule).
+    smaps_outcomes: dict[str, int] = field(default_factory=dict)
+    budget_exhausted: int = 0  # cumulative cycles that hit collection.budget
+    large_reads: tuple[LargeRead, ...] = ()  # slowest first, bounded
 
     @property
     def finished(self) -> float:
@@ -98,7 +119,8 @@ def aggregate_group(name: str, samples: list[Sample]) -> GroupStats:
     return GroupStats(
         name=name,
         processes=len(samples),
-        unreadable=len(samples) - len(mems),
+        unreadable=sum(s.unreadable for s in samples),
+        stale=sum(s.stale for s in samples),
         rss=sum(m.rss for m in mems),
         pss=sum(m.pss for m in mems),
         uss=sum(m.uss for m in mems),
