@@ -85,8 +85,14 @@ class _Proc:
 
 
 class Collector:
-    def __init__(self, config: Config, procfs: str = "/proc") -> None:
+    def __init__(
+        self,
+        config: Config,
+        procfs: str = "/proc",
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.config = config
+        self._clock = clock  # monotonic seconds: ages, the budget, read times
         self.procfs = procfs.rstrip("/") or "/"
         cc = config.collection
         self._use_statm = cc.max_age > 0  # full freshness needs no change detection
@@ -105,13 +111,13 @@ class Collector:
     # ------------------------------------------------------------ public
 
     def collect(self) -> Snapshot:
-        started, t0 = time.time(), time.perf_counter()
-        now = time.monotonic()
+        started = time.time()
+        now = self._clock()
         pids = list_pids(self.procfs)
         procs = self._discover(pids)
         groups = self._assign_groups(procs)
         due = self._due(procs, groups, now)
-        deferred = self._read(due, now, t0 + self.config.collection.budget)
+        deferred = self._read(due, now, now + self.config.collection.budget)
         samples = []
         for p, group in zip(procs, groups):
             sample = self._sample(p, group, p.pid in deferred)
@@ -124,7 +130,7 @@ class Collector:
             memory_total=total,
             memory_available=available,
             started=started,
-            duration=time.perf_counter() - t0,
+            duration=self._clock() - now,
             processes_scanned=len(pids),
             read_errors=dict(self._errors),
             groups_overflow=self._overflow_total,
@@ -297,7 +303,7 @@ class Collector:
         self, pid: int, deadline: float
     ) -> tuple[Memory | None, str | None, float] | None:
         """(memory, error reason, seconds), or None when past the deadline."""
-        t = time.perf_counter()
+        t = self._clock()
         if t > deadline:
             return None
         try:
@@ -306,7 +312,7 @@ class Collector:
             memory, reason = None, error_reason(exc)
         except ParseError:
             memory, reason = None, PARSE
-        return memory, reason, time.perf_counter() - t
+        return memory, reason, self._clock() - t
 
     def _read_memory(self, pid: int) -> Memory:
         base = f"{self.procfs}/{pid}"
