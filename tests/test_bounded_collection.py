@@ -170,8 +170,10 @@ def test_budget_defers_reads_and_resumes_where_it_stopped(tree: Tree) -> None:
         tree.set_pss(pid, 50)
     third = col.collect()
     assert third.smaps_outcomes == {"read": 2, "reused": 0, "deferred": 3}
-    # The last never-read process is read first; earlier ones keep old values.
+    # The never-read process goes first (50), then the oldest read (50); the
+    # three deferred keep their previous values (100 each).
     assert stale(third, "app") == 3
+    assert pss(third, "app") == (50 + 50 + 3 * 100) * 1024
     fourth = col.collect()
     fifth = col.collect()
     assert fifth.smaps_outcomes["deferred"] == 0 and stale(fifth, "app") == 0
