@@ -68,6 +68,7 @@ _SIZE_UNITS = {
     "GB": 10**9,
     "TB": 10**12,
 }
+MAX_DURATION = 7 * 86400.0  # longer waits overflow the platform's timers
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -131,8 +132,8 @@ class _Section:
             value = parse_duration(str(raw)) if not isinstance(raw, bool) else None
         except ValueError as exc:
             raise self.error(name, str(exc)) from None
-        if value is None or value < minimum:
-            raise self.error(name, f"must be a duration of at least {minimum:g}s")
+        if value is None or not minimum <= value <= MAX_DURATION:
+            raise self.error(name, f"must be a duration from {minimum:g}s to 7d")
         return value
 
     def size(self, name: str, default: int) -> int:
