@@ -48,7 +48,9 @@ def read_bytes(path: str) -> bytes:
 
 
 def list_pids(procfs: str) -> list[int]:
-    return [int(name) for name in os.listdir(procfs) if name.isdigit()]
+    # Sorted so that which groups win a max_groups place never depends on
+    # directory order (procfs lists in PID order already: cheap to sort).
+    return sorted(int(name) for name in os.listdir(procfs) if name.isdigit())
 
 
 @lru_cache(maxsize=8)

@@ -160,15 +160,52 @@ _POSIX_CLASSES = {
 }
 
 
+def translate_go_regex(pattern: str) -> str:
+    """Rewrite the Go (RE2) spellings Python's re spells differently:
+    (?<name>...) named groups, \\z, and POSIX classes such as [[:alpha:]].
+
+    A scan, not string replacement: escapes are copied as they are (only a
+    real \\z changes) and POSIX classes are rewritten only inside [...].
+    """
+    out = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            out.append("\\Z" if pattern[i + 1] == "z" and not in_class else pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "[" and pattern[i + 1 : i + 2] == ":":
+                end = pattern.find(":]", i + 2)
+                posix = _POSIX_CLASSES.get(pattern[i : end + 2]) if end > 0 else None
+                if posix is not None:
+                    out.append(posix)
+                    i = end + 2
+                    continue
+            elif c == "]" and out[-1] not in ("[", "[^"):
+                in_class = False
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            caret = pattern[i + 1 : i + 2] == "^"
+            out.append("[^" if caret else "[")
+            i += 2 if caret else 1
+            continue
+        elif pattern.startswith("(?<", i) and pattern[i + 3 : i + 4] not in ("=", "!"):
+            out.append("(?P<")
+            i += 3
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def compile_go_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a Go (RE2) regex with Python's re, translating the spellings
-    that differ: (?<name>), \\z and POSIX classes."""
-    translated = pattern.replace("(?<", "(?P<").replace("(?P<=", "(?<=")
-    translated = translated.replace("(?P<!", "(?<!").replace("\\z", "\\Z")
-    for posix, py in _POSIX_CLASSES.items():
-        translated = translated.replace(posix, py)
+    """Compile a Go (RE2) regex with Python's re (see translate_go_regex)."""
     try:
-        return re.compile(translated)
+        return re.compile(translate_go_regex(pattern))
     except re.error as exc:
         raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
 
@@ -320,7 +357,7 @@ def fpm_pool_groups(
             out[(name, ppids[0])] = base
             continue
         confs = [masters.get(p, ("", 0))[0] for p in ppids]
-        if len(set(confs)) == len(confs):
+        if all(confs) and len(set(confs)) == len(confs):
             for ppid, conf in zip(ppids, confs):
                 out[(name, ppid)] = f"{base}@{conf}"
         else:
