@@ -1,0 +1,276 @@
+"""A small FastCGI client for php-fpm's status and ping pages.
+
+FastCGI 1.0, one request per connection: BEGIN_REQUEST (role RESPONDER, the
+server closes the connection when done), the CGI parameters in a PARAMS record
+and an empty one ending that stream, an empty STDIN. The server answers with
+STDOUT and STDERR streams and ends the request with END_REQUEST; STDOUT holds
+CGI headers, a blank line and the body.
+
+Every record is an 8-byte header (version, type, requestId, contentLength,
+paddingLength, reserved) followed by its content and padding. The whole
+exchange (connect, send, receive) shares one deadline, and the answer's size is
+checked against a bound before its content is read, so a stuck, chatty or
+confused server costs at most `timeout` seconds and `max_bytes` of memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Union
+
+VERSION = 1
+BEGIN_REQUEST, ABORT_REQUEST, END_REQUEST = 1, 2, 3
+PARAMS, STDIN, STDOUT, STDERR = 4, 5, 6, 7
+GET_VALUES, GET_VALUES_RESULT, UNKNOWN_TYPE = 9, 10, 11
+RESPONDER = 1
+REQUEST_COMPLETE = 0  # END_REQUEST protocolStatus; 1 CANT_MPX_CONN, 2 OVERLOADED, 3 UNKNOWN_ROLE
+
+HEADER = struct.Struct(">BBHHBx")  # version, type, requestId, contentLength, paddingLength
+BEGIN_BODY = struct.Struct(">HB5x")  # role, flags
+END_BODY = struct.Struct(">IB3x")  # appStatus, protocolStatus
+MAX_CONTENT = 0xFFFF
+REQUEST_ID = 1
+
+# (host, port) for TCP, a filesystem path for a unix socket.
+Address = Union[tuple[str, int], str]
+
+_WILDCARDS = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+
+
+class FastCGIError(Exception):
+    """The request failed; str(error) is a short reason such as "timeout"."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int  # from the Status header; 200 without one
+    headers: dict[str, str] = field(hash=False)  # lower-case names
+    body: bytes
+    stderr: bytes
+
+
+def parse_address(listen: str) -> tuple[socket.AddressFamily, Address]:
+    """Where to connect for a php-fpm `listen` value.
+
+    "/run/php/fpm.sock" -> (AF_UNIX, path); "127.0.0.1:9000" -> (AF_INET, ...);
+    "[::1]:9000" -> (AF_INET6, ...); "localhost:9000" -> (AF_UNSPEC, ...), to be
+    resolved like php-fpm does; "9000" (all addresses) -> 127.0.0.1. Wildcard
+    hosts (0.0.0.0, ::, *) become the loopback address of their family.
+    """
+    listen = listen.strip()
+    if listen.startswith("/") and ":" not in listen:  # php-fpm: a ':' means TCP
+        return socket.AF_UNIX, listen
+    if listen.isdigit():
+        return socket.AF_INET, ("127.0.0.1", _port(listen, listen))
+    host, sep, port_text = listen.rpartition(":")
+    if not sep:
+        raise ValueError(f"not an absolute socket path nor host:port: {listen!r}")
+    port = _port(port_text, listen)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = _WILDCARDS.get(host, host)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (host, port)
+    if not host or not _HOST_CHARS.issuperset(host) or all(c in "0123456789." for c in host):
+        raise ValueError(f"invalid host in {listen!r}")
+    return socket.AF_UNSPEC, (host, port)
+
+
+def _port(text: str, listen: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port in {listen!r}")
+    return int(text)
+
+
+def request(
+    listen: str,
+    script_name: str,
+    query: str = "",
+    timeout: float = 2.0,
+    max_bytes: int = 1 << 20,
+    root: str = "",
+) -> Response:
+    """GET script_name?query from the FastCGI server at `listen`.
+
+    `root` prefixes a unix socket's path (e.g. "/proc/PID/root" to reach a
+    socket in a container's mount namespace). Raises ValueError for a bad
+    `listen` and FastCGIError for everything that goes wrong on the wire.
+    """
+    family, address = parse_address(listen)
+    if family == socket.AF_UNIX:
+        address = root.rstrip("/") + str(address)
+    payload = _encode_request(_params(script_name, query))
+    deadline = time.monotonic() + timeout
+    try:
+        with _connect(family, address, deadline) as sock:
+            sock.settimeout(_remaining(deadline))
+            sock.sendall(payload)
+            stdout, stderr = _read_streams(sock, deadline, max_bytes)
+    except (socket.timeout, TimeoutError) as err:
+        raise FastCGIError("timeout") from err
+    except OSError as err:
+        raise FastCGIError(_os_reason(err)) from err
+    return _parse_cgi(stdout, stderr)
+
+
+def _params(script_name: str, query: str) -> dict[str, str]:
+    return {
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": "pss-exporter",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_FILENAME": script_name,
+        "SCRIPT_NAME": script_name,
+        "REQUEST_URI": f"{script_name}?{query}" if query else script_name,
+        "QUERY_STRING": query,
+        "REMOTE_ADDR": "127.0.0.1",
+        "SERVER_ADDR": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_NAME": "localhost",
+    }
+
+
+def _encode_length(n: int) -> bytes:
+    return bytes([n]) if n < 128 else struct.pack(">I", n | 0x80000000)
+
+
+def _record(rtype: int, content: bytes = b"") -> bytes:
+    padding = -len(content) % 8
+    header = HEADER.pack(VERSION, rtype, REQUEST_ID, len(content), padding)
+    return header + content + bytes(padding)
+
+
+def _encode_request(params: dict[str, str]) -> bytes:
+    pairs = b""
+    for name, value in params.items():
+        n, v = name.encode(), value.encode("utf-8", "surrogateescape")
+        pairs += _encode_length(len(n)) + _encode_length(len(v)) + n + v
+    if len(pairs) > MAX_CONTENT:  # php-fpm parses each PARAMS record on its own
+        raise ValueError("FastCGI parameters longer than one record")
+    return b"".join(
+        [
+            _record(BEGIN_REQUEST, BEGIN_BODY.pack(RESPONDER, 0)),
+            _record(PARAMS, pairs),
+            _record(PARAMS),
+            _record(STDIN),
+        ]
+    )
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FastCGIError("timeout")
+    return left
+
+
+def _connect(family: socket.AddressFamily, address: Address, deadline: float) -> socket.socket:
+    """A connected socket; a host name is tried at each address it resolves to."""
+    if family != socket.AF_UNSPEC:
+        targets = [(family, address)]
+    else:
+        host, port = address
+        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        targets = [(fam, sockaddr) for fam, _, _, _, sockaddr in resolved]
+    error: OSError = OSError("no address")
+    for fam, sockaddr in targets:
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(_remaining(deadline))
+            sock.connect(sockaddr)
+            return sock
+        except (socket.timeout, TimeoutError):
+            sock.close()
+            raise
+        except OSError as err:
+            sock.close()
+            error = err
+        except BaseException:
+            sock.close()
+            raise
+    raise error
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        sock.settimeout(_remaining(deadline))
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise FastCGIError("truncated response")
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_streams(sock: socket.socket, deadline: float, max_bytes: int) -> tuple[bytes, bytes]:
+    """STDOUT and STDERR up to a successful END_REQUEST."""
+    streams = {STDOUT: bytearray(), STDERR: bytearray()}
+    total = 0
+    while True:
+        header = _recv_exact(sock, HEADER.size, deadline)
+        version, rtype, request_id, length, padding = HEADER.unpack(header)
+        if version != VERSION or request_id != REQUEST_ID:
+            raise FastCGIError("garbled record")
+        if rtype == END_REQUEST:
+            if length != END_BODY.size:
+                raise FastCGIError("garbled record")
+            _, protocol_status = END_BODY.unpack(
+                _recv_exact(sock, length + padding, deadline)[:length]
+            )
+            if protocol_status != REQUEST_COMPLETE:
+                raise FastCGIError(f"protocol status {protocol_status}")
+            return bytes(streams[STDOUT]), bytes(streams[STDERR])
+        if rtype not in streams:
+            raise FastCGIError("garbled record")
+        total += length
+        if total > max_bytes:
+            raise FastCGIError(f"response larger than {max_bytes} bytes")
+        streams[rtype] += _recv_exact(sock, length + padding, deadline)[:length]
+
+
+def _parse_cgi(stdout: bytes, stderr: bytes) -> Response:
+    """Split a CGI response into status, headers and body."""
+    ends = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (i := stdout.find(sep)) >= 0]
+    if not ends:
+        raise FastCGIError("malformed CGI headers")
+    end, sep_len = min(ends)
+    headers: dict[str, str] = {}
+    for line in stdout[:end].decode("latin-1").split("\n"):
+        name, sep, value = line.partition(":")
+        name = name.strip().lower()
+        if not sep or not name:
+            raise FastCGIError("malformed CGI headers")
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    status = 200
+    if "status" in headers:
+        code = headers["status"].split(" ", 1)[0]
+        if not code.isdigit() or not 100 <= int(code) <= 999:
+            raise FastCGIError("malformed CGI headers")
+        status = int(code)
+    return Response(status, headers, stdout[end + sep_len :], stderr)
+
+
+def _os_reason(err: OSError) -> str:
+    if isinstance(err, socket.gaierror):
+        return "cannot resolve host"
+    reasons = {
+        ConnectionRefusedError: "connection refused",
+        ConnectionResetError: "connection reset",
+        BrokenPipeError: "connection reset",
+        FileNotFoundError: "no such socket",
+        PermissionError: "permission denied",
+    }
+    for kind, reason in reasons.items():
+        if isinstance(err, kind):
+            return reason
+    return (err.strerror or str(err)).lower()
