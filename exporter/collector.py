@@ -58,6 +58,7 @@ class _Proc:
         "memory",
         "pid",
         "ppid",
+        "provisional",
         "read_at",
         "read_seconds",
         "starttime",
@@ -67,12 +68,24 @@ class _Proc:
         "unreadable",
     )
 
-    def __init__(self, pid: int, st: Stat, group: str | None, fpm: FpmRole | None, tracked: bool):
+    def __init__(
+        self,
+        pid: int,
+        st: Stat,
+        group: str | None,
+        fpm: FpmRole | None,
+        tracked: bool,
+        provisional: bool = False,
+    ):
         self.pid, self.starttime = pid, st.starttime
         self.ppid, self.state = st.ppid, st.state
         self.group = group  # from process_names; None: no rule matched
         self.fpm = fpm  # php-fpm title, whether or not php_fpm grouping is on
         self.tracked = tracked
+        # php-fpm retitles its processes after fork: a worker may still show
+        # the master's title, a new master no title yet. Such a guess is
+        # classified again next cycle instead of being kept for life.
+        self.provisional = provisional
         self.statm: bytes | None = None  # raw bytes: comparing them is the test
         self.memory: Memory | None = None
         self.read_at = NEVER
@@ -169,9 +182,9 @@ class Collector:
                 continue
             if st.is_kernel_thread:
                 continue
-            if p is None or p.starttime != st.starttime:
+            if p is None or p.starttime != st.starttime or p.provisional:
                 try:
-                    p = self._classify(pid, st)
+                    p = self._classify(pid, st, cache)
                 except OSError as exc:
                     self._count(error_reason(exc))
                     continue
@@ -179,7 +192,7 @@ class Collector:
             if not p.tracked:
                 continue
             p.ppid, p.state, p.dirty = st.ppid, st.state, True
-            if self._use_statm:
+            if self._use_statm and not p.provisional:
                 if statm is None:
                     try:
                         statm = read_bytes(f"{base}/{pid}/statm")
@@ -190,16 +203,20 @@ class Collector:
         self._cache = cache
         return tracked
 
-    def _classify(self, pid: int, st: Stat) -> _Proc:
+    def _classify(self, pid: int, st: Stat, seen: dict[int, _Proc]) -> _Proc:
         proc = LiveProcess(self.procfs, pid, st.comm, st.starttime)
         role = fpm_role(st.comm, lambda: proc.cmdline)
+        parent = seen.get(st.ppid) or self._cache.get(st.ppid)
+        provisional = st.comm.startswith("php-fpm") and (
+            role is None or (role.is_master and parent is not None and parent.is_master)
+        )
         if role is not None and self.config.php_fpm.enabled:
-            return _Proc(pid, st, None, role, True)
+            return _Proc(pid, st, None, role, True, provisional)
         for rule in self.config.process_names:
             name = rule.match(proc)
             if name is not None:
-                return _Proc(pid, st, name, role, True)
-        return _Proc(pid, st, None, role, False)
+                return _Proc(pid, st, name, role, True, provisional)
+        return _Proc(pid, st, None, role, False, provisional)
 
     def _assign_groups(self, procs: list[_Proc]) -> list[str]:
         """Final group names: php-fpm pools disambiguated, max_groups applied."""

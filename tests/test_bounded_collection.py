@@ -47,13 +47,22 @@ class Tree:
         root.mkdir(exist_ok=True)
         (root / "meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n")
 
-    def write(self, pid: int, comm: str, pss_kb: int, statm: str = STATM, start: int = 1) -> None:
+    def write(
+        self,
+        pid: int,
+        comm: str,
+        pss_kb: int,
+        statm: str = STATM,
+        start: int = 1,
+        cmdline: str = "",
+        ppid: int = 1,
+    ) -> None:
         d = self.root / str(pid)
         d.mkdir(exist_ok=True)
-        fields = f"S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 100"
+        fields = f"S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 100"
         (d / "stat").write_text(f"{pid} ({comm}) {fields}\n")
         (d / "statm").write_text(statm + "\n")
-        (d / "cmdline").write_bytes(comm.encode() + b"\0")
+        (d / "cmdline").write_bytes((cmdline or comm).encode() + b"\0")
         (d / "smaps_rollup").write_text(
             f"Rss: {pss_kb * 2} kB\nPss: {pss_kb} kB\nPrivate_Clean: 0 kB\n"
             f"Private_Dirty: {pss_kb // 2} kB\nSwap: 0 kB\nSwapPss: 0 kB\n"
@@ -246,3 +255,20 @@ def test_threaded_reads_give_the_same_values(tree: Tree) -> None:
     threaded = collector(tree, FakeClock(), threads=4).collect()
     assert serial.groups == threaded.groups
     assert threaded.smaps_outcomes["read"] == 20
+
+
+def test_php_fpm_worker_caught_mid_fork_is_reclassified(tree: Tree) -> None:
+    master = "php-fpm: master process (/etc/php/8.2/fpm/php-fpm.conf)"
+    tree.write(100, "php-fpm8.2", 900, cmdline=master)
+    # Just forked: the worker still carries its parent's title.
+    tree.write(101, "php-fpm8.2", 300, cmdline=master, ppid=100)
+    col = collector(tree, FakeClock())
+    first = col.collect()
+    assert [(g.name, g.processes) for g in first.groups] == [("php-fpm:master", 2)]
+    (tree.root / "101" / "cmdline").write_bytes(b"php-fpm: pool www\0\0\0")
+    second = col.collect()  # statm unchanged, yet the title is read again
+    assert [(g.name, g.processes) for g in second.groups] == [
+        ("php-fpm:master", 1),
+        ("php-fpm:www", 1),
+    ]
+    assert pss(second, "php-fpm:www") == 300 * 1024
