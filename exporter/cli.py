@@ -12,7 +12,7 @@ import threading
 from dataclasses import replace
 from typing import NoReturn
 
-from . import __version__
+from . import __version__, top
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .grouping import template_fields
@@ -22,7 +22,7 @@ from .web import make_server
 
 log = logging.getLogger("pss-exporter")
 
-COMMANDS = ("serve", "once", "check-config")
+COMMANDS = ("serve", "once", "check-config", "top")
 
 
 class UsageError(Exception):
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMMANDS,
         help="serve: run the collection loop and HTTP server (default); "
         "once: collect once and print the exposition; "
-        "check-config: validate the config and exit",
+        "check-config: validate the config and exit; "
+        "top: show the groups as a table, refreshed every interval",
     )
     p.add_argument("--config", dest="config", metavar="FILE", help="YAML config file")
     p.add_argument(
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=("debug", "info", "warn", "error"),
     )
+    p.add_argument("--once", action="store_true", help="top: print one table and exit")
     p.add_argument("--version", action="version", version=f"pss-exporter {__version__}")
     return p
 
@@ -95,8 +97,17 @@ def _check_procfs(procfs: str) -> None:
         raise UsageError(f"--path.procfs: {procfs} is not a procfs (no meminfo)")
 
 
+def _collector(args: argparse.Namespace, config: Config) -> Collector:
+    return Collector(config, args.procfs, sysfs=args.sysfs)
+
+
+def _unbounded(config: Config) -> Config:
+    """One complete collection: no time budget to defer reads to a next cycle."""
+    return replace(config, collection=replace(config.collection, budget=math.inf))
+
+
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    loop = CollectionLoop(Collector(config, args.procfs), config.collection.interval)
+    loop = CollectionLoop(_collector(args, config), config.collection.interval)
     try:
         server = make_server(args.listen, loop)
     except ValueError as exc:
@@ -140,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         _warn_cardinality(config)
         if args.command == "once":
             # One complete collection: no time budget to defer reads to a next cycle.
-            unbounded = replace(config, collection=replace(config.collection, budget=math.inf))
-            sys.stdout.buffer.write(render(Collector(unbounded, args.procfs).collect()).text)
+            sys.stdout.buffer.write(render(_collector(args, _unbounded(config)).collect()).text)
             return 0
+        if args.command == "top":
+            return top.run(
+                _collector(args, _unbounded(config)), config.collection.interval, args.once
+            )
         return _serve(args, config)
     except (UsageError, ConfigError) as exc:
         print(f"pss-exporter: error: {exc}", file=sys.stderr)

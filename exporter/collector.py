@@ -38,8 +38,18 @@ from .discovery import (
     read_bytes,
 )
 from .grouping import FPM_MASTER_GROUP, FpmRole, fpm_pool_groups, fpm_role
+from .phpfpm import PhpFpmSource, PoolRef
 from .procfs import ZERO_MEMORY, Memory, ParseError, Stat, parse_meminfo, parse_smaps, parse_stat
-from .snapshot import DEFERRED, READ, REUSED, LargeRead, Sample, Snapshot, aggregate
+from .snapshot import (
+    DEFERRED,
+    READ,
+    REUSED,
+    LargeRead,
+    Sample,
+    Snapshot,
+    aggregate,
+    pool_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +114,7 @@ class Collector:
         config: Config,
         procfs: str = "/proc",
         clock: Callable[[], float] = time.perf_counter,
+        sysfs: str = "/sys",
     ) -> None:
         self.config = config
         self._clock = clock  # monotonic seconds: ages, the budget, read times
@@ -121,6 +132,11 @@ class Collector:
         self._budget_exhausted = 0
         self._use_rollup = True
         self._pool = ThreadPoolExecutor(cc.threads, "smaps") if cc.threads > 1 else None
+        self._fpm = (
+            PhpFpmSource(config.php_fpm, self.procfs, sysfs.rstrip("/"), cc.interval)
+            if config.php_fpm.enabled
+            else None
+        )
 
     # ------------------------------------------------------------ public
 
@@ -130,6 +146,10 @@ class Collector:
         pids = list_pids(self.procfs)
         procs = self._discover(pids)
         groups = self._assign_groups(procs)
+        # php-fpm status pages answer (or time out) while smaps is being read.
+        fpm = self._fpm
+        pending = fpm.start(self._pool_refs(procs, groups)) if fpm else []
+        status_deadline = time.monotonic() + (fpm.timeout if fpm else 0)
         due = self._due(procs, groups, now)
         deferred = self._read(due, now, now + self.config.collection.budget)
         samples = []
@@ -139,8 +159,10 @@ class Collector:
                 samples.append(sample)
         read = len(due) - len(deferred)
         total, available = self._host_memory()
+        group_stats = aggregate(samples)
+        pools = fpm.finish(pending, status_deadline) if fpm else ()
         return Snapshot(
-            groups=aggregate(samples),
+            groups=group_stats,
             memory_total=total,
             memory_available=available,
             started=started,
@@ -151,6 +173,8 @@ class Collector:
             smaps_outcomes={READ: read, REUSED: len(procs) - len(due), DEFERRED: len(deferred)},
             budget_exhausted=self._budget_exhausted,
             large_reads=self._large_reads(procs, groups),
+            pools=pool_stats(pools, group_stats, available, self.config.php_fpm),
+            phpfpm_config_errors=fpm.config_errors if fpm else 0,
         )
 
     # ----------------------------------------------------------- stages
@@ -241,6 +265,18 @@ class Collector:
                 self._overflow_total += 1
         self._overflowed = overflowed
         return result
+
+    @staticmethod
+    def _pool_refs(procs: list[_Proc], groups: list[str]) -> list[PoolRef]:
+        """One reference per php-fpm pool group: its master and one worker."""
+        masters = {p.pid: p.fpm.name for p in procs if p.is_master}
+        refs: dict[str, PoolRef] = {}
+        for p, group in zip(procs, groups):
+            if p.fpm is None or p.is_master or group == OTHER_GROUP or group in refs:
+                continue
+            master = p.ppid if p.ppid in masters else None
+            refs[group] = PoolRef(group, p.fpm.name, master, masters.get(p.ppid), p.pid)
+        return list(refs.values())
 
     @staticmethod
     def _fpm_names(procs: list[_Proc]) -> dict[tuple[str, int], str]:

@@ -40,8 +40,20 @@ class CollectionConfig:
 
 
 @dataclass(frozen=True)
+class PoolOverride:
+    """php_fpm.pools.<name>: what the exporter cannot learn from the pool."""
+
+    status: str | None = None  # HTTP(S) URL of the status page
+    max_children: int | None = None
+
+
+@dataclass(frozen=True)
 class PhpFpmConfig:
     enabled: bool = True
+    status_timeout: float = 1.0
+    sizing: str = "p95"  # worker size for capacity: p95 or max of worker USS
+    reserve: float = 0.1  # share of the budget kept free
+    pools: dict[str, PoolOverride] = field(default_factory=dict)  # by pool or group name
 
 
 DEFAULT_RULES_YAML = [{"name": "{{.Comm}}", "cmdline": [".+"]}]
@@ -158,6 +170,37 @@ class _Section:
         return raw
 
 
+def _php_fpm(fpm: _Section) -> PhpFpmConfig:
+    fpm.reject_unknown({"enabled", "status_timeout", "sizing", "reserve", "pools"})
+    sizing = fpm.data.get("sizing", "p95")
+    if sizing not in ("p95", "max"):
+        raise fpm.error("sizing", f"must be p95 or max, got {sizing!r}")
+    reserve = fpm.data.get("reserve", 0.1)
+    if isinstance(reserve, bool) or not isinstance(reserve, (int, float)) or not 0 <= reserve < 1:
+        raise fpm.error("reserve", f"must be a ratio from 0 to below 1, got {reserve!r}")
+    pools_section = fpm.sub("pools")
+    pools = {}
+    for name in pools_section.data:
+        pool = pools_section.sub(str(name))
+        pool.reject_unknown({"status", "max_children"})
+        status = pool.data.get("status")
+        if status is not None and (
+            not isinstance(status, str) or not status.startswith(("http://", "https://"))
+        ):
+            raise pool.error("status", f"must be an http:// or https:// URL, got {status!r}")
+        max_children = pool.data.get("max_children")
+        if max_children is not None:
+            max_children = pool.integer("max_children", 0, minimum=1)
+        pools[str(name)] = PoolOverride(status, max_children)
+    return PhpFpmConfig(
+        enabled=fpm.boolean("enabled", True),
+        status_timeout=fpm.duration("status_timeout", 1.0, minimum=0.001),
+        sizing=sizing,
+        reserve=float(reserve),
+        pools=pools,
+    )
+
+
 def build_config(data: Any, source: str) -> Config:
     """Validate parsed YAML and build a Config; raises ConfigError."""
     top = _Section(source, "", data)
@@ -175,9 +218,7 @@ def build_config(data: Any, source: str) -> Config:
         threads=coll.integer("threads", 1, minimum=1),
     )
 
-    fpm = top.sub("php_fpm")
-    fpm.reject_unknown({"enabled"})
-    php_fpm = PhpFpmConfig(enabled=fpm.boolean("enabled", True))
+    php_fpm = _php_fpm(top.sub("php_fpm"))
 
     raw_rules = top.data.get("process_names", DEFAULT_RULES_YAML)
     if raw_rules is None:

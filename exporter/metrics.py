@@ -24,7 +24,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from .discovery import REASONS
-from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, Snapshot
+from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
 
 BACKGROUND = " (from the background collection)"
 
@@ -160,12 +160,117 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
     yield info
 
 
+# name, type, help, value getter over a PoolStats: the per-pool families.
+_POOL_FAMILIES: tuple[tuple[str, str, str, Callable[[PoolStats], float | None]], ...] = (
+    (
+        "pss_phpfpm_max_children",
+        "gauge",
+        "Configured pm.max_children (or the YAML override)",
+        lambda p: p.info.max_children,
+    ),
+    (
+        "pss_phpfpm_max_requests",
+        "gauge",
+        "Configured pm.max_requests (0: never respawn)",
+        lambda p: p.info.settings.max_requests if p.info.settings else None,
+    ),
+    (
+        "pss_phpfpm_memory_limit_bytes",
+        "gauge",
+        "PHP memory_limit of the pool (absent if -1)",
+        lambda p: p.info.settings.memory_limit if p.info.settings else None,
+    ),
+    (
+        "pss_phpfpm_status_up",
+        "gauge",
+        "1 when the pool's status page answered this collection",
+        lambda p: (p.info.status is not None) if p.info.status_queried else None,
+    ),
+    (
+        "pss_phpfpm_listen_queue",
+        "gauge",
+        "Requests waiting for a free worker (status page)",
+        lambda p: p.info.status.listen_queue if p.info.status else None,
+    ),
+    (
+        "pss_phpfpm_max_children_reached_total",
+        "counter",
+        "Times the pool hit pm.max_children (status page)",
+        lambda p: p.info.status.max_children_reached if p.info.status else None,
+    ),
+    (
+        "pss_phpfpm_accepted_connections_total",
+        "counter",
+        "Requests accepted (status page)",
+        lambda p: p.info.status.accepted_conn if p.info.status else None,
+    ),
+    (
+        "pss_phpfpm_slow_requests_total",
+        "counter",
+        "Requests slower than request_slowlog_timeout (status page)",
+        lambda p: p.info.status.slow_requests if p.info.status else None,
+    ),
+    (
+        "pss_phpfpm_shared_bytes",
+        "gauge",
+        "Memory the pool's workers share, counted once: group PSS minus group USS",
+        lambda p: p.capacity.shared,
+    ),
+    (
+        "pss_phpfpm_projected_bytes",
+        "gauge",
+        "Memory if all max_children workers ran: shared + max_children x worker USS (p95 or max)",
+        lambda p: p.capacity.projected,
+    ),
+    (
+        "pss_phpfpm_budget_bytes",
+        "gauge",
+        "Memory the pool may use: its PSS plus MemAvailable or its cgroup's headroom, "
+        "whichever is smaller, less the reserve",
+        lambda p: p.capacity.budget,
+    ),
+    (
+        "pss_phpfpm_recommended_max_children",
+        "gauge",
+        "floor((budget - shared) / worker USS (p95 or max))",
+        lambda p: p.capacity.recommended,
+    ),
+)
+
+
+def pool_families(snap: Snapshot) -> Iterator[Metric]:
+    for name, kind, doc, get in _POOL_FAMILIES:
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        fam = cls(name, doc + BACKGROUND, labels=["group"])
+        for pool in snap.pools:
+            value = get(pool)
+            if value is not None:
+                fam.add_metric([pool.info.group], float(value))
+        yield fam
+    processes = GaugeMetricFamily(
+        "pss_phpfpm_processes",
+        "Workers by state, from the status page" + BACKGROUND,
+        labels=["group", "state"],
+    )
+    for pool in snap.pools:
+        if pool.info.status:
+            processes.add_metric([pool.info.group, "active"], pool.info.status.active)
+            processes.add_metric([pool.info.group, "idle"], pool.info.status.idle)
+    yield processes
+    yield CounterMetricFamily(
+        "pss_phpfpm_config_errors_total",
+        "php-fpm configurations that could not be read or parsed",
+        value=snap.phpfpm_config_errors,
+    )
+
+
 class _SnapshotCollector:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
 
     def collect(self) -> Iterator[Metric]:
-        return snapshot_families(self.snap)
+        yield from snapshot_families(self.snap)
+        yield from pool_families(self.snap)
 
 
 @dataclass(frozen=True)

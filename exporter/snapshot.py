@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .capacity import Capacity, pool_capacity
+from .config import PhpFpmConfig
+from .phpfpm import PoolInfo
 from .procfs import Memory
 
 # How a collection obtained a process's memory (pss_exporter_smaps_processes).
@@ -73,6 +76,14 @@ class GroupStats:
 
 
 @dataclass(frozen=True)
+class PoolStats:
+    """A php-fpm pool: what it is configured to do and what fits."""
+
+    info: PoolInfo
+    capacity: Capacity
+
+
+@dataclass(frozen=True)
 class Snapshot:
     groups: tuple[GroupStats, ...]  # sorted by name
     memory_total: int | None
@@ -87,6 +98,8 @@ class Snapshot:
     smaps_outcomes: dict[str, int] = field(default_factory=dict)
     budget_exhausted: int = 0  # cumulative cycles that hit collection.budget
     large_reads: tuple[LargeRead, ...] = ()  # slowest first, bounded
+    pools: tuple[PoolStats, ...] = ()  # php-fpm pools, by group name
+    phpfpm_config_errors: int = 0  # cumulative failed php-fpm config reads
 
     @property
     def finished(self) -> float:
@@ -139,3 +152,30 @@ def aggregate(samples: list[Sample]) -> tuple[GroupStats, ...]:
     for s in samples:
         by_group.setdefault(s.group, []).append(s)
     return tuple(aggregate_group(name, by_group[name]) for name in sorted(by_group))
+
+
+def pool_stats(
+    infos: tuple[PoolInfo, ...],
+    groups: tuple[GroupStats, ...],
+    mem_available: int | None,
+    fpm: PhpFpmConfig,
+) -> tuple[PoolStats, ...]:
+    """Join each pool with its group's memory and compute its capacity."""
+    by_name = {g.name: g for g in groups}
+    out = []
+    for info in sorted(infos, key=lambda i: i.group):
+        g = by_name.get(info.group)
+        if g is None:
+            continue
+        capacity = pool_capacity(
+            g.pss,
+            g.uss,
+            g.worker_uss.quantiles,
+            info.max_children,
+            mem_available,
+            info.cgroup_headroom,
+            fpm.reserve,
+            fpm.sizing,
+        )
+        out.append(PoolStats(info, capacity))
+    return tuple(out)

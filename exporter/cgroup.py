@@ -1,0 +1,98 @@
+"""Memory cgroups: which cgroup a process is in, and its limit and usage.
+
+Works with cgroup v2, v1 and hybrid hosts (v1 memory controller beside a v2
+"unified" mount). The kernel enforces the smallest limit on the way to the
+root, so headroom is taken over the whole ancestry, not the leaf alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .discovery import read_bytes
+
+# v1 reports "no limit" as PAGE_COUNTER_MAX pages (9223372036854771712 with
+# 4 KiB pages); anything this large is unlimited.
+V1_UNLIMITED = 1 << 60
+
+
+@dataclass(frozen=True)
+class CgroupPaths:
+    """A process's memory cgroup as /proc/PID/cgroup names it."""
+
+    v1_memory: str | None  # path in the v1 memory hierarchy
+    v2: str | None  # path in the v2 (unified) hierarchy
+
+
+@dataclass(frozen=True)
+class CgroupMemory:
+    """One cgroup directory's memory accounting."""
+
+    dir: str
+    usage: int
+    limit: int | None  # None: unlimited
+
+
+def parse_proc_cgroup(data: bytes) -> CgroupPaths:
+    """Parse /proc/PID/cgroup ('N:controllers:/path' per line)."""
+    v1 = v2 = None
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        path = parts[2].removesuffix(" (deleted)")
+        if parts[0] == "0" and parts[1] == "":
+            v2 = path
+        elif "memory" in parts[1].split(","):
+            v1 = path
+    return CgroupPaths(v1, v2)
+
+
+def _v2_root(sysfs: str) -> str:
+    root = f"{sysfs}/fs/cgroup"
+    # Pure v2 mounts the unified hierarchy at the root, hybrid hosts below it.
+    return root if os.path.exists(f"{root}/cgroup.controllers") else f"{root}/unified"
+
+
+def memory_dirs(sysfs: str, paths: CgroupPaths) -> list[str]:
+    """The cgroup directories that hold memory files, leaf first, to the root."""
+    if paths.v1_memory is not None:
+        root, rel, marker = f"{sysfs}/fs/cgroup/memory", paths.v1_memory, "memory.usage_in_bytes"
+    elif paths.v2 is not None:
+        root, rel, marker = _v2_root(sysfs), paths.v2, "memory.current"
+    else:
+        return []
+    dirs = []
+    rel = rel.strip("/")
+    while True:
+        d = f"{root}/{rel}" if rel else root
+        if os.path.exists(f"{d}/{marker}"):
+            dirs.append(d)
+        if not rel:
+            return dirs
+        rel = rel.rpartition("/")[0]
+
+
+def _read_int(path: str) -> int | None:
+    text = read_bytes(path).strip()
+    return None if text == b"max" else int(text)
+
+
+def read_memory(d: str) -> CgroupMemory:
+    """Usage and limit of one cgroup directory (v1 or v2 file names)."""
+    if os.path.exists(f"{d}/memory.current"):
+        usage, limit = _read_int(f"{d}/memory.current"), _read_int(f"{d}/memory.max")
+    else:
+        usage = _read_int(f"{d}/memory.usage_in_bytes")
+        limit = _read_int(f"{d}/memory.limit_in_bytes")
+        if limit is not None and limit >= V1_UNLIMITED:
+            limit = None
+    return CgroupMemory(d, usage or 0, limit)
+
+
+def headroom(chain: list[CgroupMemory]) -> int | None:
+    """Memory that can still be charged before some limit on the chain is hit,
+    or None when no cgroup on the chain has a limit."""
+    free = [c.limit - c.usage for c in chain if c.limit is not None]
+    return min(free) if free else None
