@@ -75,7 +75,12 @@ def memory_dirs(sysfs: str, paths: CgroupPaths) -> list[str]:
 
 
 def _read_int(path: str) -> int | None:
-    text = read_bytes(path).strip()
+    """An integer file; None for "max" or a file the level does not have
+    (the v2 root has no memory.max)."""
+    try:
+        text = read_bytes(path).strip()
+    except FileNotFoundError:
+        return None
     return None if text == b"max" else int(text)
 
 

@@ -1,0 +1,158 @@
+"""Memory cgroups: /proc/PID/cgroup parsing, v1/v2/hybrid layouts, headroom
+over the ancestry, and a pool's budget under a real memory limit."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from exporter.cgroup import (
+    CgroupMemory,
+    CgroupPaths,
+    headroom,
+    memory_dirs,
+    parse_proc_cgroup,
+    read_memory,
+)
+
+from conftest import free_port, group_value, parse_samples, require_binary, run_cli
+
+MiB = 1 << 20
+
+HYBRID = b"""9:name=systemd:/
+4:memory:/system.slice/php8.2-fpm.service
+1:cpu:/
+0::/system.slice/php8.2-fpm.service
+"""
+
+
+def test_parse_proc_cgroup_layouts() -> None:
+    assert parse_proc_cgroup(b"0::/system.slice/php8.2-fpm.service\n") == CgroupPaths(
+        None, "/system.slice/php8.2-fpm.service"
+    )
+    assert parse_proc_cgroup(HYBRID) == CgroupPaths(
+        "/system.slice/php8.2-fpm.service", "/system.slice/php8.2-fpm.service"
+    )
+    assert parse_proc_cgroup(b"5:cpuacct,memory:/a/b (deleted)\n") == CgroupPaths("/a/b", None)
+    assert parse_proc_cgroup(b"") == CgroupPaths(None, None)
+
+
+def write(d: Path, **files: str) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (d / name.replace("_", ".", 1)).write_text(text + "\n")
+
+
+def test_v2_headroom_is_the_tightest_limit_on_the_way_up(tmp_path: Path) -> None:
+    root = tmp_path / "fs" / "cgroup"
+    write(root, cgroup_controllers="memory pids", memory_current="4000000000")
+    write(root / "web", memory_current=str(900 * MiB), memory_max=str(1024 * MiB))
+    write(root / "web" / "fpm", memory_current=str(500 * MiB), memory_max="max")
+    dirs = memory_dirs(str(tmp_path), CgroupPaths(None, "/web/fpm"))
+    assert dirs == [str(root / "web" / "fpm"), str(root / "web"), str(root)]
+    chain = [read_memory(d) for d in dirs]
+    assert chain[0] == CgroupMemory(str(root / "web" / "fpm"), 500 * MiB, None)
+    assert chain[2].limit is None  # the root has no memory.max
+    assert headroom(chain) == 124 * MiB  # the parent's limit binds, not the leaf
+
+
+def test_v1_unlimited_and_hybrid_prefers_the_v1_memory_controller(tmp_path: Path) -> None:
+    mem = tmp_path / "fs" / "cgroup" / "memory"
+    unlimited = "9223372036854771712"
+    write(mem, memory_usage_in_bytes=str(3000 * MiB), memory_limit_in_bytes=unlimited)
+    write(mem / "svc", memory_usage_in_bytes=str(300 * MiB), memory_limit_in_bytes=unlimited)
+    # A hybrid host also has the v2 unified mount, without memory files.
+    (tmp_path / "fs" / "cgroup" / "unified" / "svc").mkdir(parents=True)
+    paths = parse_proc_cgroup(b"4:memory:/svc\n0::/svc\n")
+    chain = [read_memory(d) for d in memory_dirs(str(tmp_path), paths)]
+    assert [c.limit for c in chain] == [None, None]
+    assert headroom(chain) is None
+    write(mem / "svc", memory_limit_in_bytes=str(512 * MiB))
+    chain = [read_memory(d) for d in memory_dirs(str(tmp_path), paths)]
+    assert chain[0].usage == 300 * MiB and headroom(chain) == 212 * MiB
+
+
+def test_missing_hierarchy_gives_no_dirs(tmp_path: Path) -> None:
+    assert memory_dirs(str(tmp_path), CgroupPaths(None, None)) == []
+    assert memory_dirs(str(tmp_path), CgroupPaths("/gone", None)) == []
+
+
+# ----------------------------------------------------------------- live
+
+
+def _memory_cgroup_root() -> Path:
+    """Where this machine lets us create a memory cgroup (v1 or v2)."""
+    for root, marker in (
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+        (Path("/sys/fs/cgroup"), "memory.max"),
+    ):
+        probe = root / f"pss-probe-{uuid.uuid4().hex[:6]}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        ok = (probe / marker).exists()
+        probe.rmdir()
+        if ok:
+            return root
+    pytest.skip("this machine cannot create memory cgroups (needs root and a memory controller)")
+
+
+@pytest.fixture
+def limited_cgroup():
+    root = _memory_cgroup_root()
+    cg = root / f"pss-test-{uuid.uuid4().hex[:8]}"
+    cg.mkdir()
+    limit_file = (
+        "memory.limit_in_bytes" if (cg / "memory.limit_in_bytes").exists() else "memory.max"
+    )
+    (cg / limit_file).write_text(str(256 * MiB))
+    yield cg
+    for _ in range(50):
+        try:
+            cg.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)  # processes still exiting
+
+
+def test_pool_budget_follows_its_cgroup_limit(tmp_path: Path, limited_cgroup: Path) -> None:
+    fpm = require_binary("php-fpm8.2")
+    pool = f"cg_{uuid.uuid4().hex[:6]}"
+    conf = tmp_path / "fpm.conf"
+    conf.write_text(
+        f"[global]\npid = {tmp_path}/fpm.pid\nerror_log = {tmp_path}/error.log\n"
+        f"daemonize = no\n[{pool}]\nlisten = 127.0.0.1:{free_port()}\n"
+        "pm = static\npm.max_children = 2\n"
+    )
+    # Join the cgroup first, then exec php-fpm: master and workers are inside.
+    script = f"echo $$ > {limited_cgroup}/cgroup.procs && exec {fpm} -F -R -y {conf}"
+    proc = subprocess.Popen(["sh", "-c", script], stderr=subprocess.DEVNULL)
+    try:
+        group = f"php-fpm:{pool}"
+        deadline = time.monotonic() + 20
+        while True:
+            samples = parse_samples(run_cli("once").stdout)
+            key = ("pss_group_processes", frozenset({("group", group)}))
+            if samples.get(key) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert samples[key] == 2
+        pss = group_value(samples, "pss_group_pss_bytes", group)
+        budget = group_value(samples, "pss_phpfpm_budget_bytes", group)
+        usage_file = next(
+            f for f in ("memory.usage_in_bytes", "memory.current")
+            if (limited_cgroup / f).exists()
+        )  # fmt: skip
+        usage = int((limited_cgroup / usage_file).read_text())
+        expected = (pss + 256 * MiB - usage) * 0.9
+        # Usage (page cache included) moves a little between the two reads.
+        assert budget == pytest.approx(expected, rel=0.02)
+        assert budget < 256 * MiB  # the host's MemAvailable is far larger
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
