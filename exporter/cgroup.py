@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from .discovery import read_bytes
+from .procfs import parse_key_values, parse_pressure
 
 # v1 reports "no limit" as PAGE_COUNTER_MAX pages (9223372036854771712 with
 # 4 KiB pages); anything this large is unlimited.
@@ -101,3 +102,67 @@ def headroom(chain: list[CgroupMemory]) -> int | None:
     or None when no cgroup on the chain has a limit."""
     free = [c.limit - c.usage for c in chain if c.limit is not None]
     return min(free) if free else None
+
+
+def memory_chain(sysfs: str, paths: CgroupPaths) -> tuple[str, ...] | None:
+    """memory_dirs() as a hashable chain, or None for a process in the root
+    cgroup (whose usage is the whole host's) or with no memory hierarchy."""
+    dirs = memory_dirs(sysfs, paths)
+    return tuple(dirs) if len(dirs) > 1 else None
+
+
+@dataclass(frozen=True)
+class CgroupState:
+    """What a group's memory cgroup(s) report."""
+
+    usage: int
+    limit: int | None  # None: unlimited
+    oom_kills: int | None  # None: the kernel does not count them here
+    pressure: dict[str, float] | None  # stall seconds by kind; None: no PSI here
+    headroom: int | None  # room below the tightest limit up to the root
+
+
+def _oom_kills(d: str) -> int | None:
+    for name in ("memory.events", "memory.oom_control"):  # v2, v1
+        try:
+            return parse_key_values(read_bytes(f"{d}/{name}")).get("oom_kill")
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def read_state(chain: tuple[str, ...]) -> CgroupState:
+    """Read one cgroup (chain[0]) and the limits of its ancestors."""
+    memory = [read_memory(d) for d in chain]
+    try:
+        pressure = parse_pressure(read_bytes(f"{chain[0]}/memory.pressure"))
+    except OSError:
+        pressure = None  # v1, or PSI disabled
+    return CgroupState(
+        memory[0].usage, memory[0].limit, _oom_kills(chain[0]), pressure, headroom(memory)
+    )
+
+
+def outermost(chains: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Drop every chain whose cgroup lies below another one of the set: a
+    parent's usage and OOM count already include its children's."""
+    leaves = {c[0] for c in chains}
+    return sorted(c for c in chains if not any(d in leaves for d in c[1:]))
+
+
+def combine(states: list[CgroupState]) -> CgroupState:
+    """One figure for a group spanning several (non-nested) cgroups: usage,
+    limits, OOM kills and stall time add up; the headroom is the smallest."""
+    limits = [s.limit for s in states if s.limit is not None]
+    ooms = [s.oom_kills for s in states if s.oom_kills is not None]
+    pressures = [s.pressure for s in states if s.pressure is not None]
+    rooms = [s.headroom for s in states if s.headroom is not None]
+    return CgroupState(
+        usage=sum(s.usage for s in states),
+        limit=sum(limits) if len(limits) == len(states) else None,
+        oom_kills=sum(ooms) if ooms else None,
+        pressure={k: sum(p.get(k, 0.0) for p in pressures) for k in pressures[0]}
+        if pressures
+        else None,
+        headroom=min(rooms) if rooms else None,
+    )

@@ -12,7 +12,7 @@ import threading
 from dataclasses import replace
 from typing import NoReturn
 
-from . import __version__, top
+from . import __version__, explain, top
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .grouping import template_fields
@@ -22,7 +22,7 @@ from .web import make_server
 
 log = logging.getLogger("pss-exporter")
 
-COMMANDS = ("serve", "once", "check-config", "top")
+COMMANDS = ("serve", "once", "check-config", "top", "explain")
 
 
 class UsageError(Exception):
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve: run the collection loop and HTTP server (default); "
         "once: collect once and print the exposition; "
         "check-config: validate the config and exit; "
-        "top: show the groups as a table, refreshed every interval",
+        "top: show the groups as a table, refreshed every interval; "
+        "explain: where the used memory went, component by component",
     )
     p.add_argument("--config", dest="config", metavar="FILE", help="YAML config file")
     p.add_argument(
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("debug", "info", "warn", "error"),
     )
     p.add_argument("--once", action="store_true", help="top: print one table and exit")
+    p.add_argument("--json", action="store_true", help="explain: print JSON")
     p.add_argument("--version", action="version", version=f"pss-exporter {__version__}")
     return p
 
@@ -152,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "once":
             # One complete collection: no time budget to defer reads to a next cycle.
             sys.stdout.buffer.write(render(_collector(args, _unbounded(config)).collect()).text)
+            return 0
+        if args.command == "explain":
+            forced = replace(config, accounting=replace(config.accounting, enabled=True))
+            snap = _collector(args, _unbounded(forced)).collect()
+            try:
+                sys.stdout.write((explain.render_json if args.json else explain.render)(snap))
+            except ValueError as exc:
+                raise UsageError(f"explain: {exc}") from None
             return 0
         if args.command == "top":
             return top.run(

@@ -27,6 +27,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from .accounting import Accounting, ProcessTotals
+from .cgroup import (
+    CgroupPaths,
+    CgroupState,
+    combine,
+    memory_chain,
+    outermost,
+    parse_proc_cgroup,
+    read_state,
+)
 from .config import Config
 from .discovery import (
     PARSE,
@@ -38,8 +48,9 @@ from .discovery import (
     read_bytes,
 )
 from .grouping import FPM_MASTER_GROUP, FpmRole, fpm_pool_groups, fpm_role
+from .host import account, read_host
 from .phpfpm import PhpFpmSource, PoolRef
-from .procfs import ZERO_MEMORY, Memory, ParseError, Stat, parse_meminfo, parse_smaps, parse_stat
+from .procfs import ZERO_MEMORY, Memory, ParseError, Stat, parse_smaps, parse_stat
 from .snapshot import (
     DEFERRED,
     READ,
@@ -62,6 +73,7 @@ class _Proc:
     """What the collector knows of one process across cycles."""
 
     __slots__ = (
+        "cgroup",
         "dirty",
         "fpm",
         "group",
@@ -102,6 +114,7 @@ class _Proc:
         self.read_seconds = 0.0
         self.dirty = True  # statm changed (or new) and not read since
         self.unreadable = False
+        self.cgroup: CgroupPaths | None = None  # read with stat, for tracked processes
 
     @property
     def is_master(self) -> bool:
@@ -132,11 +145,14 @@ class Collector:
         self._budget_exhausted = 0
         self._use_rollup = True
         self._pool = ThreadPoolExecutor(cc.threads, "smaps") if cc.threads > 1 else None
+        self.sysfs = sysfs.rstrip("/")
         self._fpm = (
-            PhpFpmSource(config.php_fpm, self.procfs, sysfs.rstrip("/"), cc.interval)
+            PhpFpmSource(config.php_fpm, self.procfs, cc.interval)
             if config.php_fpm.enabled
             else None
         )
+        self._accounting: Accounting | None = None
+        self._accounted_at = NEVER
 
     # ------------------------------------------------------------ public
 
@@ -158,12 +174,19 @@ class Collector:
             if sample is not None:
                 samples.append(sample)
         read = len(due) - len(deferred)
-        total, available = self._host_memory()
+        host = read_host(self.procfs)
+        if self.config.accounting.enabled and (
+            now - self._accounted_at + self._slack >= self.config.accounting.interval
+        ):
+            self._accounting = self._account(host.meminfo)
+            self._accounted_at = now
         group_stats = aggregate(samples)
+        cgroups = self._group_cgroups(procs, groups) if self.config.cgroups.enabled else {}
         pools = fpm.finish(pending, status_deadline) if fpm else ()
+        available = host.meminfo.get("MemAvailable")
         return Snapshot(
             groups=group_stats,
-            memory_total=total,
+            memory_total=host.meminfo.get("MemTotal"),
             memory_available=available,
             started=started,
             duration=self._clock() - now,
@@ -173,7 +196,12 @@ class Collector:
             smaps_outcomes={READ: read, REUSED: len(procs) - len(due), DEFERRED: len(deferred)},
             budget_exhausted=self._budget_exhausted,
             large_reads=self._large_reads(procs, groups),
-            pools=pool_stats(pools, group_stats, available, self.config.php_fpm),
+            pools=pool_stats(pools, group_stats, available, cgroups, self.config.php_fpm),
+            cgroups=cgroups,
+            host_oom_kills=host.oom_kills,
+            host_pressure=host.pressure,
+            accounting=self._accounting,
+            group_oom_kills=self._group_oom_kills(cgroups),
             phpfpm_config_errors=fpm.config_errors if fpm else 0,
         )
 
@@ -216,6 +244,11 @@ class Collector:
             if not p.tracked:
                 continue
             p.ppid, p.state, p.dirty = st.ppid, st.state, True
+            if self.config.cgroups.enabled:
+                try:
+                    p.cgroup = parse_proc_cgroup(read_bytes(f"{base}/{pid}/cgroup"))
+                except OSError:
+                    p.cgroup = None
             if self._use_statm and not p.provisional:
                 if statm is None:
                     try:
@@ -400,13 +433,70 @@ class Collector:
         large.sort(key=lambda r: r.seconds, reverse=True)
         return tuple(large[:LARGE_READS_EXPORTED])
 
-    def _host_memory(self) -> tuple[int | None, int | None]:
-        try:
-            info = parse_meminfo(read_bytes(f"{self.procfs}/meminfo"))
-        except (OSError, ParseError) as exc:
-            log.warning("cannot read %s/meminfo: %s", self.procfs, exc)
-            return None, None
-        return info.get("MemTotal"), info.get("MemAvailable")
+    def _group_cgroups(self, procs: list[_Proc], groups: list[str]) -> dict[str, CgroupState]:
+        """Each group's memory cgroup(s): outermost ones only, combined."""
+        chains: dict[CgroupPaths, tuple[str, ...] | None] = {}
+        by_group: dict[str, set[tuple[str, ...]]] = {}
+        for p, group in zip(procs, groups):
+            if p.cgroup is None:
+                continue
+            if p.cgroup not in chains:
+                chains[p.cgroup] = memory_chain(self.sysfs, p.cgroup)
+            chain = chains[p.cgroup]
+            if chain is not None:
+                by_group.setdefault(group, set()).add(chain)
+        states: dict[tuple[str, ...], CgroupState | None] = {}
+        out = {}
+        for group, group_chains in by_group.items():
+            read = []
+            for chain in outermost(group_chains):
+                if chain not in states:
+                    try:
+                        states[chain] = read_state(chain)
+                    except (OSError, ValueError):
+                        states[chain] = None  # removed while we looked
+                if states[chain] is not None:
+                    read.append(states[chain])
+            if read:
+                out[group] = combine(read)
+        return out
+
+    @staticmethod
+    def _group_oom_kills(cgroups: dict[str, CgroupState]) -> dict[str, int]:
+        return {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
+
+    def _account(self, meminfo: dict[str, int]) -> Accounting | None:
+        """Sum PSS over every process of the host and reconcile with meminfo.
+
+        Grouped processes contribute the values this cycle holds; the others
+        are read now. Zombies hold nothing; kernel threads are not listed.
+        """
+        start = time.perf_counter()
+        pss = file = shmem = count = unreadable = 0
+        split = True
+        for pid, p in self._cache.items():
+            if p.state == "Z":
+                continue
+            memory = p.memory if p.tracked else None
+            if memory is None and not (p.tracked and p.unreadable):
+                try:
+                    memory = self._read_memory(pid)
+                except (OSError, ParseError):
+                    memory = None
+            if memory is None:
+                unreadable += 1
+                continue
+            count += 1
+            pss += memory.pss
+            if memory.pss_file is None or memory.pss_shmem is None:
+                split = False
+            else:
+                file += memory.pss_file
+                shmem += memory.pss_shmem
+        totals = ProcessTotals(
+            pss, file if split else None, shmem if split else None, count, unreadable
+        )
+        return account(self.procfs, meminfo, totals, time.perf_counter() - start, time.time())
 
     def _count(self, reason: str) -> None:
         self._errors[reason] += 1

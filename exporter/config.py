@@ -56,6 +56,24 @@ class PhpFpmConfig:
     pools: dict[str, PoolOverride] = field(default_factory=dict)  # by pool or group name
 
 
+@dataclass(frozen=True)
+class AccountingConfig:
+    """Host reconciliation: PSS of every process set against /proc/meminfo."""
+
+    enabled: bool = True
+    interval: float = 60.0  # reading every process's smaps costs more: own cadence
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    enabled: bool = True  # per-group cgroup usage, limit, OOM kills, pressure
+
+
+@dataclass(frozen=True)
+class KmsgConfig:
+    enabled: bool = True  # attribute OOM kills in the kernel log to groups
+
+
 DEFAULT_RULES_YAML = [{"name": "{{.Comm}}", "cmdline": [".+"]}]
 
 
@@ -65,6 +83,9 @@ class Config:
     collection: CollectionConfig = field(default_factory=CollectionConfig)
     max_groups: int = 500
     php_fpm: PhpFpmConfig = field(default_factory=PhpFpmConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    cgroups: CgroupConfig = field(default_factory=CgroupConfig)
+    kmsg: KmsgConfig = field(default_factory=KmsgConfig)
     process_names: tuple[GroupRule, ...] = ()
 
 
@@ -204,7 +225,9 @@ def _php_fpm(fpm: _Section) -> PhpFpmConfig:
 def build_config(data: Any, source: str) -> Config:
     """Validate parsed YAML and build a Config; raises ConfigError."""
     top = _Section(source, "", data)
-    top.reject_unknown({"collection", "max_groups", "php_fpm", "process_names"})
+    top.reject_unknown(
+        {"collection", "max_groups", "php_fpm", "accounting", "cgroups", "kmsg", "process_names"}
+    )
 
     coll = top.sub("collection")
     coll.reject_unknown({"interval", "max_age", "budget", "large_rss", "large_interval", "threads"})
@@ -219,6 +242,16 @@ def build_config(data: Any, source: str) -> Config:
     )
 
     php_fpm = _php_fpm(top.sub("php_fpm"))
+    acc = top.sub("accounting")
+    acc.reject_unknown({"enabled", "interval"})
+    accounting = AccountingConfig(
+        enabled=acc.boolean("enabled", True),
+        interval=acc.duration("interval", 60.0, minimum=0.001),
+    )
+    cg = top.sub("cgroups")
+    cg.reject_unknown({"enabled"})
+    km = top.sub("kmsg")
+    km.reject_unknown({"enabled"})
 
     raw_rules = top.data.get("process_names", DEFAULT_RULES_YAML)
     if raw_rules is None:
@@ -238,6 +271,9 @@ def build_config(data: Any, source: str) -> Config:
         collection=collection,
         max_groups=top.integer("max_groups", 500, minimum=1),
         php_fpm=php_fpm,
+        accounting=accounting,
+        cgroups=CgroupConfig(enabled=cg.boolean("enabled", True)),
+        kmsg=KmsgConfig(enabled=km.boolean("enabled", True)),
         process_names=tuple(rules),
     )
 

@@ -264,6 +264,92 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
     )
 
 
+def host_families(snap: Snapshot) -> Iterator[Metric]:
+    """Reconciliation, OOM kills and pressure: host-wide and per group."""
+    acc = snap.accounting
+    if acc is not None:
+        yield GaugeMetricFamily(
+            "pss_host_memory_used_bytes",
+            "MemTotal - MemAvailable (free's used, procps-ng >= 4)" + BACKGROUND,
+            value=acc.used,
+        )
+        yield GaugeMetricFamily(
+            "pss_host_memory_used_procps3_bytes",
+            "MemTotal - MemFree - Buffers - Cached - SReclaimable (procps-ng 3.3's used)"
+            + BACKGROUND,
+            value=acc.used_procps3,
+        )
+        parts = GaugeMetricFamily(
+            "pss_host_memory_accounted_bytes",
+            "Used memory by component; the components add up to pss_host_memory_used_bytes, "
+            "unexplained is the remainder (may be negative)" + BACKGROUND,
+            labels=["component"],
+        )
+        for component, value in acc.components.items():
+            parts.add_metric([component], value)
+        yield parts
+        yield GaugeMetricFamily(
+            "pss_host_accounting_unreadable_processes",
+            "Processes whose smaps could not be read in the last reconciliation",
+            value=acc.totals.unreadable,
+        )
+        yield GaugeMetricFamily(
+            "pss_exporter_accounting_duration_seconds",
+            "Duration of the last reconciliation pass (every process's smaps)",
+            value=acc.duration,
+        )
+        yield GaugeMetricFamily(
+            "pss_exporter_last_accounting_timestamp_seconds",
+            "Unix time when the last reconciliation finished",
+            value=acc.finished,
+        )
+    if snap.host_oom_kills is not None:
+        yield CounterMetricFamily(
+            "pss_host_oom_kills_total",
+            "OOM kills on the host, global and in cgroups (/proc/vmstat oom_kill)",
+            value=snap.host_oom_kills,
+        )
+    if snap.host_pressure is not None:
+        pressure = CounterMetricFamily(
+            "pss_host_memory_pressure_seconds_total",
+            "Time some or all tasks stalled on memory (/proc/pressure/memory total)",
+            labels=["kind"],
+        )
+        for kind, seconds in sorted(snap.host_pressure.items()):
+            pressure.add_metric([kind], seconds)
+        yield pressure
+    usage = GaugeMetricFamily(
+        "pss_group_cgroup_memory_usage_bytes",
+        "Memory charged to the group's cgroup(s), page cache included" + BACKGROUND,
+        labels=["group"],
+    )
+    limit = GaugeMetricFamily(
+        "pss_group_cgroup_memory_limit_bytes",
+        "Memory limit of the group's cgroup(s) (absent when unlimited)" + BACKGROUND,
+        labels=["group"],
+    )
+    ooms = CounterMetricFamily(
+        "pss_group_oom_kills_total",
+        "OOM kills in the group's cgroup(s), or attributed to the group from the kernel log "
+        "when it has no cgroup of its own",
+        labels=["group"],
+    )
+    stalls = CounterMetricFamily(
+        "pss_group_memory_pressure_seconds_total",
+        "Time tasks of the group's cgroup(s) stalled on memory (memory.pressure total)",
+        labels=["group", "kind"],
+    )
+    for group, state in sorted(snap.cgroups.items()):
+        usage.add_metric([group], state.usage)
+        if state.limit is not None:
+            limit.add_metric([group], state.limit)
+        for kind, seconds in sorted((state.pressure or {}).items()):
+            stalls.add_metric([group, kind], seconds)
+    for group, kills in sorted(snap.group_oom_kills.items()):
+        ooms.add_metric([group], kills)
+    yield from (usage, limit, ooms, stalls)
+
+
 class _SnapshotCollector:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
@@ -271,6 +357,7 @@ class _SnapshotCollector:
     def collect(self) -> Iterator[Metric]:
         yield from snapshot_families(self.snap)
         yield from pool_families(self.snap)
+        yield from host_families(self.snap)
 
 
 @dataclass(frozen=True)

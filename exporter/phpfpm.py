@@ -21,9 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from . import __version__
-from .cgroup import headroom, memory_dirs, parse_proc_cgroup, read_memory
 from .config import PhpFpmConfig, PoolOverride
-from .discovery import read_bytes
 from .fastcgi import FastCGIError, request
 from .phpfpm_config import FpmConfigError, PoolSettings, load_fpm_config
 
@@ -100,13 +98,12 @@ class PoolInfo:
     max_children: int | None  # configured, or the YAML override
     status: PoolStatus | None  # None: no status source, or it did not answer
     status_queried: bool
-    cgroup_headroom: int | None  # None: no memory limit on the workers' cgroup
 
 
 class PhpFpmSource:
-    def __init__(self, config: PhpFpmConfig, procfs: str, sysfs: str, interval: float) -> None:
+    def __init__(self, config: PhpFpmConfig, procfs: str, interval: float) -> None:
         self.config = config
-        self.procfs, self.sysfs = procfs, sysfs
+        self.procfs = procfs
         # The status query must leave the collection time to finish its interval.
         self.timeout = min(config.status_timeout, interval / 2)
         self.config_errors = 0  # cumulative
@@ -138,7 +135,7 @@ class PhpFpmSource:
             max_children = override.max_children if override else None
             if max_children is None and s is not None:
                 max_children = s.max_children
-            out.append(PoolInfo(ref.group, s, max_children, status, queried, self._headroom(ref)))
+            out.append(PoolInfo(ref.group, s, max_children, status, queried))
         return tuple(out)
 
     # ----------------------------------------------------------- helpers
@@ -216,10 +213,3 @@ class PhpFpmSource:
         if len(body) > STATUS_MAX_BYTES:
             raise ValueError(f"status page larger than {STATUS_MAX_BYTES} bytes")
         return body
-
-    def _headroom(self, ref: PoolRef) -> int | None:
-        try:
-            paths = parse_proc_cgroup(read_bytes(f"{self.procfs}/{ref.worker_pid}/cgroup"))
-            return headroom([read_memory(d) for d in memory_dirs(self.sysfs, paths)])
-        except (OSError, ValueError):
-            return None

@@ -166,3 +166,58 @@ def parse_meminfo(data: bytes) -> dict[str, int]:
             raise ParseError(f"meminfo: malformed line {line[:60]!r}") from None
         out[key.decode("ascii", "replace")] = n * 1024 if len(fields) > 1 else n
     return out
+
+
+def parse_key_values(data: bytes) -> dict[str, int]:
+    """Parse 'key value' lines: /proc/vmstat, memory.events, memory.oom_control."""
+    out: dict[str, int] = {}
+    for line in data.split(b"\n"):
+        fields = line.split()
+        if len(fields) == 2 and fields[1].lstrip(b"-").isdigit():
+            out[fields[0].decode("ascii", "replace")] = int(fields[1])
+    return out
+
+
+def parse_pressure(data: bytes) -> dict[str, float]:
+    """Total stall seconds by kind ('some', 'full') from a PSI file
+    (/proc/pressure/memory, a cgroup's memory.pressure)."""
+    out: dict[str, float] = {}
+    for line in data.split(b"\n"):
+        fields = line.split()
+        if not fields:
+            continue
+        for field in fields[1:]:
+            key, _, value = field.partition(b"=")
+            if key == b"total":
+                try:
+                    out[fields[0].decode("ascii", "replace")] = int(value) / 1e6
+                except ValueError:
+                    raise ParseError(f"pressure: malformed line {line[:60]!r}") from None
+    return out
+
+
+class Watermarks(NamedTuple):
+    """What MemAvailable holds back, in pages, from /proc/zoneinfo."""
+
+    low: int  # sum of the zones' low watermarks
+    reserve: int  # totalreserve_pages: per zone max(protection) + high, at most managed
+
+
+def parse_zoneinfo(data: bytes) -> Watermarks:
+    """Sum the watermarks of /proc/zoneinfo the way mm/page_alloc.c does."""
+    low = reserve = 0
+    for zone in data.split(b"\nNode "):
+        values: dict[bytes, int] = {}
+        protection = 0
+        for line in zone.split(b"\n"):
+            fields = line.split()
+            if len(fields) == 2 and fields[0] in (b"low", b"high", b"managed"):
+                values[fields[0]] = int(fields[1])
+            elif fields and fields[0] == b"protection:":
+                nums = line.partition(b"(")[2].partition(b")")[0].split(b",")
+                protection = max((int(n) for n in nums if n.strip()), default=0)
+        if b"low" not in values:
+            continue
+        low += values[b"low"]
+        reserve += min(protection + values.get(b"high", 0), values.get(b"managed", 0))
+    return Watermarks(low, reserve)

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .accounting import Accounting
 from .capacity import Capacity, pool_capacity
+from .cgroup import CgroupState
 from .config import PhpFpmConfig
 from .phpfpm import PoolInfo
 from .procfs import Memory
@@ -100,6 +102,11 @@ class Snapshot:
     large_reads: tuple[LargeRead, ...] = ()  # slowest first, bounded
     pools: tuple[PoolStats, ...] = ()  # php-fpm pools, by group name
     phpfpm_config_errors: int = 0  # cumulative failed php-fpm config reads
+    cgroups: dict[str, CgroupState] = field(default_factory=dict)  # by group name
+    host_oom_kills: int | None = None  # /proc/vmstat oom_kill
+    host_pressure: dict[str, float] | None = None  # stall seconds by kind
+    accounting: Accounting | None = None  # the latest reconciliation
+    group_oom_kills: dict[str, int] = field(default_factory=dict)  # cgroup or kernel log
 
     @property
     def finished(self) -> float:
@@ -158,6 +165,7 @@ def pool_stats(
     infos: tuple[PoolInfo, ...],
     groups: tuple[GroupStats, ...],
     mem_available: int | None,
+    cgroups: dict[str, CgroupState],
     fpm: PhpFpmConfig,
 ) -> tuple[PoolStats, ...]:
     """Join each pool with its group's memory and compute its capacity."""
@@ -173,7 +181,7 @@ def pool_stats(
             g.worker_uss.quantiles,
             info.max_children,
             mem_available,
-            info.cgroup_headroom,
+            cgroups[info.group].headroom if info.group in cgroups else None,
             fpm.reserve,
             fpm.sizing,
         )

@@ -106,8 +106,8 @@ def test_top_table_sorts_by_pss_and_shows_pool_capacity() -> None:
         ),
         group("bash", 300 * MiB, 10 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
     )
-    info = PoolInfo("php-fpm:www", None, 8, None, False, None)
-    pools = pool_stats((info,), groups, 1 * GiB, PhpFpmConfig())
+    info = PoolInfo("php-fpm:www", None, 8, None, False)
+    pools = pool_stats((info,), groups, 1 * GiB, {}, PhpFpmConfig())
     snap = Snapshot(groups, 2 * GiB, 1 * GiB, 0.0, 0.012, 10, {}, 0, pools=pools)
     lines = render(snap).splitlines()
     assert lines[0] == (
