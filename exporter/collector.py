@@ -164,7 +164,7 @@ class Collector:
         groups = self._assign_groups(procs)
         # php-fpm status pages answer (or time out) while smaps is being read.
         fpm = self._fpm
-        pending = fpm.start(self._pool_refs(procs, groups)) if fpm else []
+        pending = fpm.start(*self._pool_refs(procs, groups)) if fpm else []
         status_deadline = time.monotonic() + (fpm.timeout if fpm else 0)
         due = self._due(procs, groups, now)
         deferred = self._read(due, now, now + self.config.collection.budget)
@@ -300,8 +300,9 @@ class Collector:
         return result
 
     @staticmethod
-    def _pool_refs(procs: list[_Proc], groups: list[str]) -> list[PoolRef]:
-        """One reference per php-fpm pool group: its master and one worker."""
+    def _pool_refs(procs: list[_Proc], groups: list[str]) -> tuple[list[PoolRef], dict[int, str]]:
+        """One reference per php-fpm pool group (its master and one worker),
+        and every master's config path."""
         masters = {p.pid: p.fpm.name for p in procs if p.is_master}
         refs: dict[str, PoolRef] = {}
         for p, group in zip(procs, groups):
@@ -309,7 +310,7 @@ class Collector:
                 continue
             master = p.ppid if p.ppid in masters else None
             refs[group] = PoolRef(group, p.fpm.name, master, masters.get(p.ppid), p.pid)
-        return list(refs.values())
+        return list(refs.values()), masters
 
     @staticmethod
     def _fpm_names(procs: list[_Proc]) -> dict[tuple[str, int], str]:

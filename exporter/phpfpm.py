@@ -86,7 +86,7 @@ class PoolRef:
     pool: str
     master_pid: int | None  # None: the workers' parent is not a visible master
     master_conf: str | None
-    worker_pid: int
+    worker_pid: int | None  # None: a configured pool with no worker alive (ondemand)
 
 
 @dataclass(frozen=True)
@@ -110,15 +110,34 @@ class PhpFpmSource:
         self._logged: set[tuple[int | None, str]] = set()
         # (master pid, config path) -> (workers seen, monotonic read time, pools)
         self._configs: dict[tuple[int, str], tuple[frozenset, float, dict | None]] = {}
-        self._pool = ThreadPoolExecutor(8, "fpm-status")
 
-    def start(self, refs: list[PoolRef]) -> list[tuple[PoolRef, PoolSettings | None, Future]]:
-        """Read the pools' configs and start their status queries."""
-        settings = self._settings(refs)
+    def start(
+        self, refs: list[PoolRef], masters: dict[int, str]
+    ) -> list[tuple[PoolRef, PoolSettings | None, Future]]:
+        """Read the masters' configs and start every pool's status query.
+
+        refs are the pools seen through their workers; pools a master
+        configures but runs no worker for (ondemand, idle) are added. Each
+        query gets its own thread, so a saturated pool delays no other pool.
+        """
+        settings = self._settings(refs, masters)
+        seen = {(r.master_pid, r.pool) for r in refs}
+        taken = {r.group for r in refs}
+        for (pid, name), _ in settings.items():
+            if (pid, name) not in seen:
+                group = f"php-fpm:{name}"
+                if group in taken:
+                    group = f"{group}@{masters[pid]}"
+                taken.add(group)
+                refs = [*refs, PoolRef(group, name, pid, masters[pid], None)]
+        if not refs:
+            return []
+        executor = ThreadPoolExecutor(len(refs), "fpm-status")
         pending = []
         for ref in refs:
             s = settings.get((ref.master_pid, ref.pool))
-            pending.append((ref, s, self._pool.submit(self._status, ref, s)))
+            pending.append((ref, s, executor.submit(self._status, ref, s)))
+        executor.shutdown(wait=False)  # each query ends at its own timeout
         return pending
 
     def finish(
@@ -144,11 +163,13 @@ class PhpFpmSource:
         pools = self.config.pools
         return pools.get(ref.group) or pools.get(ref.pool)
 
-    def _settings(self, refs: list[PoolRef]) -> dict[tuple[int | None, str], PoolSettings]:
-        """Pool settings of every master the refs name."""
-        workers: dict[tuple[int, str], set[int]] = {}
+    def _settings(
+        self, refs: list[PoolRef], masters: dict[int, str]
+    ) -> dict[tuple[int | None, str], PoolSettings]:
+        """Pool settings of every master."""
+        workers: dict[tuple[int, str], set[int]] = {(pid, c): set() for pid, c in masters.items()}
         for r in refs:
-            if r.master_pid is not None and r.master_conf:
+            if r.master_pid is not None and r.master_conf and r.worker_pid is not None:
                 workers.setdefault((r.master_pid, r.master_conf), set()).add(r.worker_pid)
         now = time.monotonic()
         configs = {}

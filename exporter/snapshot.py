@@ -172,13 +172,11 @@ def pool_stats(
     by_name = {g.name: g for g in groups}
     out = []
     for info in sorted(infos, key=lambda i: i.group):
-        g = by_name.get(info.group)
-        if g is None:
-            continue
+        g = by_name.get(info.group)  # None: a configured pool with no worker alive
         capacity = pool_capacity(
-            g.pss,
-            g.uss,
-            g.worker_uss.quantiles,
+            g.pss if g else 0,
+            g.uss if g else 0,
+            g.worker_uss.quantiles if g else (),
             info.max_children,
             mem_available,
             cgroups[info.group].headroom if info.group in cgroups else None,
