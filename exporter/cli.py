@@ -16,6 +16,7 @@ from . import __version__, explain, top
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .grouping import template_fields
+from .kmsg import KmsgWatcher
 from .loop import CollectionLoop
 from .metrics import render
 from .web import make_server
@@ -109,7 +110,11 @@ def _unbounded(config: Config) -> Config:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    loop = CollectionLoop(_collector(args, config), config.collection.interval)
+    kmsg = KmsgWatcher() if config.kmsg.enabled else None
+    if kmsg is not None:
+        kmsg.start()  # logs one line and reports source_up 0 when not permitted
+    collector = Collector(config, args.procfs, sysfs=args.sysfs, kmsg=kmsg)
+    loop = CollectionLoop(collector, config.collection.interval)
     try:
         server = make_server(args.listen, loop)
     except ValueError as exc:

@@ -49,6 +49,7 @@ from .discovery import (
 )
 from .grouping import FPM_MASTER_GROUP, FpmRole, fpm_pool_groups, fpm_role
 from .host import account, read_host
+from .kmsg import KmsgWatcher
 from .phpfpm import PhpFpmSource, PoolRef
 from .procfs import ZERO_MEMORY, Memory, ParseError, Stat, parse_smaps, parse_stat
 from .snapshot import (
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 OTHER_GROUP = "other"
 LARGE_READS_EXPORTED = 5  # bounded: top N large processes by read time
 NEVER = float("-inf")
+RECENT_PIDS = 600.0  # seconds an exited PID's group is remembered for the kernel log
 
 
 class _Proc:
@@ -128,6 +130,7 @@ class Collector:
         procfs: str = "/proc",
         clock: Callable[[], float] = time.perf_counter,
         sysfs: str = "/sys",
+        kmsg: KmsgWatcher | None = None,
     ) -> None:
         self.config = config
         self._clock = clock  # monotonic seconds: ages, the budget, read times
@@ -153,6 +156,10 @@ class Collector:
         )
         self._accounting: Accounting | None = None
         self._accounted_at = NEVER
+        # OOM kills from the kernel log, attributed through recently seen PIDs.
+        self._kmsg = kmsg
+        self._recent: dict[int, tuple[str, float]] = {}  # pid -> (group, last seen)
+        self._kmsg_kills: dict[str, int] = {}
 
     # ------------------------------------------------------------ public
 
@@ -201,7 +208,8 @@ class Collector:
             host_oom_kills=host.oom_kills,
             host_pressure=host.pressure,
             accounting=self._accounting,
-            group_oom_kills=self._group_oom_kills(cgroups),
+            group_oom_kills=self._group_oom_kills(procs, groups, cgroups, now),
+            kmsg_up=self._kmsg.available if self._kmsg else None,
             phpfpm_config_errors=fpm.config_errors if fpm else 0,
         )
 
@@ -462,9 +470,31 @@ class Collector:
                 out[group] = combine(read)
         return out
 
-    @staticmethod
-    def _group_oom_kills(cgroups: dict[str, CgroupState]) -> dict[str, int]:
-        return {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
+    def _group_oom_kills(
+        self,
+        procs: list[_Proc],
+        groups: list[str],
+        cgroups: dict[str, CgroupState],
+        now: float,
+    ) -> dict[str, int]:
+        """OOM kills per group: its cgroups' counter where it has cgroups of its
+        own, else the kills the kernel log names for its processes."""
+        if self._kmsg is not None:
+            for p, group in zip(procs, groups):
+                self._recent[p.pid] = (group, now)
+            for kill in self._kmsg.drain():
+                seen = self._recent.get(kill.pid)
+                if seen is None:
+                    log.info("OOM kill of %d (%s): not a grouped process", kill.pid, kill.comm)
+                    continue
+                self._kmsg_kills[seen[0]] = self._kmsg_kills.get(seen[0], 0) + 1
+            self._recent = {
+                pid: seen for pid, seen in self._recent.items() if now - seen[1] < RECENT_PIDS
+            }
+        kills = {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
+        for group, count in self._kmsg_kills.items():
+            kills.setdefault(group, count)
+        return kills
 
     def _account(self, meminfo: dict[str, int]) -> Accounting | None:
         """Sum PSS over every process of the host and reconcile with meminfo.

@@ -77,8 +77,8 @@ def parse_record(record: str) -> tuple[int, int, str] | None:
     """(prio, seq, message) of a /dev/kmsg record, or None when malformed.
 
     A record is "PRIO,SEQ,TS_USEC,FLAGS[,...];MESSAGE\\n", optionally followed
-    by dictionary lines that start with a space (" SUBSYSTEM=pci"), ignored.
-    prio is facility * 8 + level.
+    by dictionary lines that start with a space (" SUBSYSTEM=pci"), ignored;
+    such a line on its own is no record. prio is facility * 8 + level.
     """
     header, sep, message = record.partition("\n")[0].partition(";")
     fields = header.split(",")
@@ -224,7 +224,8 @@ class KmsgWatcher:
 
     def start(self) -> bool:
         """Open the log at its end and start reading; False (and one warning)
-        when it cannot be opened."""
+        when it cannot be opened. Starting again first stops the old reader."""
+        self.stop()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -280,9 +281,8 @@ class KmsgWatcher:
                 log.debug("%s: end of file, no more records", self.path)
                 return
             *lines, partial = (partial + chunk).split(b"\n")
-            for line in lines:
-                if line and not line.startswith(b" "):  # skip dictionary lines
-                    self._record(line.decode("utf-8", "replace"))
+            for line in lines:  # dictionary lines (" KEY=VALUE") parse as no record
+                self._record(line.decode("utf-8", "replace"))
 
     def _record(self, record: str) -> None:
         kills = self._tracker.feed(record)

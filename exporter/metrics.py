@@ -348,6 +348,14 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     for group, kills in sorted(snap.group_oom_kills.items()):
         ooms.add_metric([group], kills)
     yield from (usage, limit, ooms, stalls)
+    if snap.kmsg_up is not None:
+        source = GaugeMetricFamily(
+            "pss_exporter_source_up",
+            "1 when the source can be read (kmsg: the kernel log, for OOM attribution)",
+            labels=["source"],
+        )
+        source.add_metric(["kmsg"], int(snap.kmsg_up))
+        yield source
 
 
 class _SnapshotCollector:

@@ -107,6 +107,7 @@ class Snapshot:
     host_pressure: dict[str, float] | None = None  # stall seconds by kind
     accounting: Accounting | None = None  # the latest reconciliation
     group_oom_kills: dict[str, int] = field(default_factory=dict)  # cgroup or kernel log
+    kmsg_up: bool | None = None  # None: the kernel log is not watched
 
     @property
     def finished(self) -> float:
