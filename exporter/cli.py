@@ -12,7 +12,7 @@ import threading
 from dataclasses import replace
 from typing import NoReturn
 
-from . import __version__, explain, top
+from . import __version__, explain, privileges, top
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .grouping import template_fields
@@ -20,6 +20,7 @@ from .kmsg import KmsgWatcher
 from .loop import CollectionLoop
 from .metrics import render
 from .web import make_server
+from .webconfig import WebConfigError, WebConfigWatcher, load_web_config
 
 log = logging.getLogger("pss-exporter")
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=":9778",
         metavar="ADDR",
         help="address to serve /metrics on (default :9778)",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS, basic auth, headers (re-read on change)",
     )
     p.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="DIR")
     p.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="DIR")
@@ -110,13 +117,17 @@ def _unbounded(config: Config) -> Config:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    web = WebConfigWatcher(args.web_config)  # raises WebConfigError: nothing started yet
+    reason = privileges.partial_reason(privileges.held())
+    if reason:
+        log.warning("%s", reason)
     kmsg = KmsgWatcher() if config.kmsg.enabled else None
     if kmsg is not None:
         kmsg.start()  # logs one line and reports source_up 0 when not permitted
     collector = Collector(config, args.procfs, sysfs=args.sysfs, kmsg=kmsg)
     loop = CollectionLoop(collector, config.collection.interval)
     try:
-        server = make_server(args.listen, loop)
+        server = make_server(args.listen, loop, web)
     except ValueError as exc:
         raise UsageError(f"--web.listen-address: {exc}") from None
     except OSError as exc:
@@ -152,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args.log_level)
         config = load_config(args.config)
         if args.command == "check-config":
+            if args.web_config:
+                load_web_config(args.web_config)
+                print(f"{args.web_config}: OK")
             print(f"{config.source}: OK ({len(config.process_names)} process_names rules)")
             return 0
         _check_procfs(args.procfs)
@@ -173,6 +187,6 @@ def main(argv: list[str] | None = None) -> int:
                 _collector(args, _unbounded(config)), config.collection.interval, args.once
             )
         return _serve(args, config)
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, WebConfigError) as exc:
         print(f"pss-exporter: error: {exc}", file=sys.stderr)
         return 2

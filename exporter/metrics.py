@@ -22,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from . import __version__
+from . import __version__, privileges
 from .discovery import REASONS
 from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
 
@@ -348,6 +348,15 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     for group, kills in sorted(snap.group_oom_kills.items()):
         ooms.add_metric([group], kills)
     yield from (usage, limit, ooms, stalls)
+    caps = GaugeMetricFamily(
+        "pss_exporter_privileges",
+        "1 when the exporter holds a capability it needs (cap_sys_ptrace: other users' smaps; "
+        "cap_dac_read_search: restricted /proc; cap_syslog: kernel log)",
+        labels=["capability"],
+    )
+    for name, has in privileges.held().items():
+        caps.add_metric([name], int(has))
+    yield caps
     if snap.kmsg_up is not None:
         source = GaugeMetricFamily(
             "pss_exporter_source_up",

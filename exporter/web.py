@@ -1,16 +1,32 @@
 """HTTP server: /metrics serves the latest pre-rendered exposition, / a
-landing page, /healthz the freshness of the snapshot."""
+landing page, /healthz the freshness of the snapshot.
+
+Hostile input is bounded: only GET and HEAD (405 otherwise) on three paths
+(404 otherwise); the request line and headers are limited by http.server
+(64 KiB lines, 100 headers: 414/431); every connection has an idle timeout
+and at most MAX_CONNECTIONS are served at once, so slow or stuck clients
+cannot exhaust the process. TLS, client certificates, basic auth and extra
+headers come from the exporter-toolkit web config (webconfig.py).
+"""
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import __version__
 from .loop import CollectionLoop
+from .webconfig import Authenticator, WebConfigWatcher
+
+log = logging.getLogger(__name__)
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+MAX_CONNECTIONS = 1024
+IDLE_TIMEOUT = 15.0  # seconds a connection may stay silent (TLS handshake included)
 
 LANDING = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>pss-exporter</title></head>
@@ -33,16 +49,19 @@ def parse_listen_address(addr: str) -> tuple[str, int]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 64
+    request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], loop: CollectionLoop) -> None:
+    def __init__(
+        self, address: tuple[str, int], loop: CollectionLoop, web: WebConfigWatcher
+    ) -> None:
         host, _ = address
         if host == "" and socket.has_dualstack_ipv6():
             self.address_family = socket.AF_INET6
             address = ("::", address[1])
         elif ":" in host:
             self.address_family = socket.AF_INET6
-        self.loop = loop
+        self.loop, self.web, self.auth = loop, web, Authenticator()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler, bind_and_activate=False)
         if self.address_family == socket.AF_INET6 and host == "":
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -53,17 +72,52 @@ class _Server(ThreadingHTTPServer):
             self.server_close()
             raise
 
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = self.socket.accept()
+        sock.settimeout(IDLE_TIMEOUT)
+        ctx = self.web.current().ssl_context
+        if ctx is not None:
+            # The handshake runs in the connection's thread, not in accept's.
+            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: refuse rather than queue forever
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+        # Broken TLS handshakes and vanished clients are the network's business.
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = f"pss-exporter/{__version__}"
+    sys_version = ""  # no interpreter version in the Server header
     protocol_version = "HTTP/1.1"
-    timeout = 30  # a stuck client's thread gives up after this
+    timeout = IDLE_TIMEOUT
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # raises on a bad client: handle_error drops it
+        super().setup()
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # scrapes are not worth a log line each
 
     def do_GET(self) -> None:
+        config = self.server.web.current()
+        if not self.server.auth.allowed(config, self.headers.get("Authorization")):
+            self._send(401, "text/plain; charset=utf-8", b"unauthorized\n", auth=True)
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._metrics()
@@ -83,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._send(405, "text/plain; charset=utf-8", b"method not allowed\n", allow=True)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _metrics(self) -> None:
         exp = self.server.loop.latest
@@ -99,7 +153,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, ctype, body, gzipped=gz)
 
     def _send(
-        self, code: int, ctype: str, body: bytes, gzipped: bool = False, allow: bool = False
+        self,
+        code: int,
+        ctype: str,
+        body: bytes,
+        gzipped: bool = False,
+        allow: bool = False,
+        auth: bool = False,
     ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -108,11 +168,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip")
         if allow:
             self.send_header("Allow", "GET, HEAD")
+        if auth:
+            self.send_header("WWW-Authenticate", 'Basic realm="pss-exporter"')
+        for name, value in self.server.web.current().headers.items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
 
-def make_server(address: str, loop: CollectionLoop) -> _Server:
+def make_server(address: str, loop: CollectionLoop, web: WebConfigWatcher) -> _Server:
     """Bind the server (raises ValueError for a bad address, OSError if busy)."""
-    return _Server(parse_listen_address(address), loop)
+    return _Server(parse_listen_address(address), loop, web)

@@ -1,0 +1,294 @@
+"""The exporter-toolkit web configuration file (`--web.config.file`):
+TLS, client certificates, basic auth and response headers.
+
+The file Prometheus operators already use for node_exporter is accepted as
+is. Invalid settings are a WebConfigError (one line naming the file, key and
+reason); a running server re-reads the file, and the certificate files it
+names, when they change, keeping the previous settings if the new ones are
+invalid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import logging
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import bcrypt
+import yaml
+
+log = logging.getLogger(__name__)
+
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+# Go's cipher suite names (exporter-toolkit) -> OpenSSL's. TLS 1.3 suites
+# are not configurable, in Go as here.
+CIPHER_SUITES = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+}
+CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1"}
+# The response headers exporter-toolkit lets a config set.
+HEADERS = (
+    "Content-Security-Policy",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "X-XSS-Protection",
+    "Strict-Transport-Security",
+)
+
+
+class WebConfigError(Exception):
+    """Invalid web config: str() is the one-line message for the user."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    source: str = ""
+    ssl_context: ssl.SSLContext | None = None
+    users: dict[str, bytes] = field(default_factory=dict)  # name -> bcrypt hash
+    headers: dict[str, str] = field(default_factory=dict)
+    files: tuple[str, ...] = ()  # the config and the files it names, to watch
+
+
+def _mapping(data: Any, source: str, key: str, known: set[str]) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WebConfigError(source, key, "must be a mapping")
+    for name in data:
+        if name not in known:
+            raise WebConfigError(source, f"{key}.{name}" if key else str(name), "unknown key")
+    return data
+
+
+def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
+    def path(key: str) -> str:
+        value = tls.get(key)
+        if not isinstance(value, str) or not value:
+            raise WebConfigError(source, f"tls_server_config.{key}", "must be a file path")
+        return os.path.join(base, value)
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert, key = path("cert_file"), path("key_file")
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise WebConfigError(source, "tls_server_config.cert_file", f"{cert}: {reason}") from None
+    files = [cert, key]
+    auth = tls.get("client_auth_type", "NoClientCert")
+    if auth not in CLIENT_AUTH:
+        raise WebConfigError(
+            source,
+            "tls_server_config.client_auth_type",
+            f"{auth!r} not supported (use {', '.join(CLIENT_AUTH)})",
+        )
+    ctx.verify_mode = CLIENT_AUTH[auth]
+    if tls.get("client_ca_file"):
+        ca = path("client_ca_file")
+        try:
+            ctx.load_verify_locations(ca)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise WebConfigError(
+                source, "tls_server_config.client_ca_file", f"{ca}: {reason}"
+            ) from None
+        files.append(ca)
+    elif auth != "NoClientCert":
+        raise WebConfigError(
+            source, "tls_server_config.client_ca_file", f"required by client_auth_type {auth}"
+        )
+    versions = {}
+    for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        name = tls.get(key, default)
+        if name not in TLS_VERSIONS:
+            raise WebConfigError(
+                source, f"tls_server_config.{key}", f"{name!r} (use {', '.join(TLS_VERSIONS)})"
+            )
+        versions[key] = TLS_VERSIONS[name]
+    if versions["min_version"] > versions["max_version"]:
+        raise WebConfigError(source, "tls_server_config.min_version", "above max_version")
+    ctx.minimum_version, ctx.maximum_version = versions["min_version"], versions["max_version"]
+    suites = tls.get("cipher_suites")
+    if suites:
+        unknown = [s for s in suites if s not in CIPHER_SUITES]
+        if unknown:
+            raise WebConfigError(
+                source, "tls_server_config.cipher_suites", f"unknown suite {unknown[0]!r}"
+            )
+        ctx.set_ciphers(":".join(CIPHER_SUITES[s] for s in suites))
+    curves = tls.get("curve_preferences")
+    if curves:
+        if any(c not in CURVES for c in curves):
+            raise WebConfigError(
+                source, "tls_server_config.curve_preferences", f"use {', '.join(CURVES)}"
+            )
+        ctx.set_ecdh_curve(CURVES[curves[0]])  # OpenSSL via Python takes one curve
+    if tls.get("prefer_server_cipher_suites", True):
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    return ctx, files
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read and validate a web config file; raise WebConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise WebConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise WebConfigError(path, "", f"YAML syntax error: {exc}".splitlines()[0]) from None
+    top = _mapping(data, path, "", {"tls_server_config", "http_server_config", "basic_auth_users"})
+    base = os.path.dirname(os.path.abspath(path))
+    tls_keys = {
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+        "client_auth_type",
+        "min_version",
+        "max_version",
+        "cipher_suites",
+        "curve_preferences",
+        "prefer_server_cipher_suites",
+    }
+    tls = _mapping(top.get("tls_server_config"), path, "tls_server_config", tls_keys)
+    ctx, files = _tls(tls, path, base) if tls else (None, [])
+    http = _mapping(top.get("http_server_config"), path, "http_server_config", {"headers", "http2"})
+    headers = _mapping(http.get("headers"), path, "http_server_config.headers", set(HEADERS))
+    return WebConfig(
+        source=path,
+        ssl_context=ctx,
+        users=_users(top.get("basic_auth_users"), path),
+        headers={str(k): str(v) for k, v in headers.items()},
+        files=(os.path.abspath(path), *files),
+    )
+
+
+def _users(data: Any, source: str) -> dict[str, bytes]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WebConfigError(source, "basic_auth_users", "must be a mapping of user to hash")
+    out = {}
+    for user, hashed in data.items():
+        key = f"basic_auth_users.{user}"
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            raise WebConfigError(source, key, "must be a bcrypt hash ($2y$...)")
+        out[str(user)] = hashed.encode()
+    return out
+
+
+# bcrypt is slow on purpose; a scraper sends the same credentials every time.
+_AUTH_CACHE_SIZE = 256
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """Checked for unknown users, so that timing does not reveal user names."""
+    return bcrypt.hashpw(b"pss-exporter", bcrypt.gensalt())
+
+
+class Authenticator:
+    """Checks HTTP basic auth against a WebConfig's users, caching verdicts."""
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, bool] = {}
+        self._lock = threading.Lock()
+
+    def allowed(self, config: WebConfig, authorization: str | None) -> bool:
+        if not config.users:
+            return True
+        if not authorization or not authorization.startswith("Basic "):
+            return False
+        try:
+            user, sep, password = base64.b64decode(authorization[6:], validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        if not sep:
+            return False
+        hashed = config.users.get(user.decode("utf-8", "replace"))
+        key = hashlib.sha256(b"\0".join((user, password, hashed or b""))).digest()
+        with self._lock:
+            verdict = self._cache.get(key)
+        if verdict is None:
+            # An unknown user costs a bcrypt check too: no user enumeration by timing.
+            verdict = bcrypt.checkpw(password, hashed or _dummy_hash()) and hashed is not None
+            with self._lock:
+                if len(self._cache) >= _AUTH_CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = verdict
+        return verdict
+
+
+class WebConfigWatcher:
+    """The current WebConfig, re-read when its files change (at most once a
+    second); an invalid new version is logged and the previous one kept."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._config = load_web_config(path) if path else WebConfig()
+        self._stamps = self._stat(self._config.files)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stat(files: tuple[str, ...]) -> tuple:
+        stamps = []
+        for f in files:
+            try:
+                st = os.stat(f)
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def current(self) -> WebConfig:
+        if self.path is None or time.monotonic() - self._checked < 1.0:
+            return self._config
+        with self._lock:
+            self._checked = time.monotonic()
+            stamps = self._stat(self._config.files)
+            if stamps != self._stamps:
+                self._stamps = stamps
+                try:
+                    self._config = load_web_config(self.path)
+                    self._stamps = self._stat(self._config.files)
+                    log.info("reloaded web config %s", self.path)
+                except WebConfigError as exc:
+                    log.error("keeping the previous web config: %s", exc)
+        return self._config
