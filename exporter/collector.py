@@ -492,8 +492,10 @@ class Collector:
                 pid: seen for pid, seen in self._recent.items() if now - seen[1] < RECENT_PIDS
             }
         kills = {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
-        for group, count in self._kmsg_kills.items():
-            kills.setdefault(group, count)
+        if self._kmsg is not None and self._kmsg.available:
+            # Present from 0, so that increase() sees a group's first kill.
+            for group in set(groups) | set(self._kmsg_kills):
+                kills.setdefault(group, self._kmsg_kills.get(group, 0))
         return kills
 
     def _account(self, meminfo: dict[str, int]) -> Accounting | None:
