@@ -56,14 +56,21 @@ def _v2_root(sysfs: str) -> str:
     return root if os.path.exists(f"{root}/cgroup.controllers") else f"{root}/unified"
 
 
+def _hierarchy(sysfs: str, paths: CgroupPaths) -> tuple[str, str, str] | None:
+    """(mount point, path below it, a file every memory cgroup there has)."""
+    if paths.v1_memory is not None:
+        return f"{sysfs}/fs/cgroup/memory", paths.v1_memory, "memory.usage_in_bytes"
+    if paths.v2 is not None:
+        return _v2_root(sysfs), paths.v2, "memory.current"
+    return None
+
+
 def memory_dirs(sysfs: str, paths: CgroupPaths) -> list[str]:
     """The cgroup directories that hold memory files, leaf first, to the root."""
-    if paths.v1_memory is not None:
-        root, rel, marker = f"{sysfs}/fs/cgroup/memory", paths.v1_memory, "memory.usage_in_bytes"
-    elif paths.v2 is not None:
-        root, rel, marker = _v2_root(sysfs), paths.v2, "memory.current"
-    else:
+    found = _hierarchy(sysfs, paths)
+    if found is None:
         return []
+    root, rel, marker = found
     dirs = []
     rel = rel.strip("/")
     while True:
@@ -107,8 +114,13 @@ def headroom(chain: list[CgroupMemory]) -> int | None:
 def memory_chain(sysfs: str, paths: CgroupPaths) -> tuple[str, ...] | None:
     """memory_dirs() as a hashable chain, or None for a process in the root
     cgroup (whose usage is the whole host's) or with no memory hierarchy."""
+    found = _hierarchy(sysfs, paths)
     dirs = memory_dirs(sysfs, paths)
-    return tuple(dirs) if len(dirs) > 1 else None
+    # Memory is charged to the nearest cgroup with the controller; when that
+    # is the hierarchy's root (which the v2 root never shows), there is none.
+    if found is None or not dirs or dirs[0] == found[0]:
+        return None
+    return tuple(dirs)
 
 
 @dataclass(frozen=True)

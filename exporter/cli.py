@@ -143,6 +143,9 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
+    # The collection thread is CPU-bound Python: let a scrape's thread take
+    # the GIL within 1 ms instead of the default 5 ms.
+    sys.setswitchinterval(0.001)
     loop.start()
     log.info(
         "pss-exporter %s listening on %s (procfs %s, interval %gs)",

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 OTHER_GROUP = "other"
 LARGE_READS_EXPORTED = 5  # bounded: top N large processes by read time
 NEVER = float("-inf")
+CGROUP_REFRESH = 60.0  # seconds before a process's /proc/PID/cgroup is read again
 RECENT_PIDS = 600.0  # seconds an exited PID's group is remembered for the kernel log
 
 
@@ -76,6 +77,7 @@ class _Proc:
 
     __slots__ = (
         "cgroup",
+        "cgroup_at",
         "dirty",
         "fpm",
         "group",
@@ -117,6 +119,7 @@ class _Proc:
         self.dirty = True  # statm changed (or new) and not read since
         self.unreadable = False
         self.cgroup: CgroupPaths | None = None  # read with stat, for tracked processes
+        self.cgroup_at = NEVER
 
     @property
     def is_master(self) -> bool:
@@ -167,7 +170,7 @@ class Collector:
         started = time.time()
         now = self._clock()
         pids = list_pids(self.procfs)
-        procs = self._discover(pids)
+        procs = self._discover(pids, now)
         groups = self._assign_groups(procs)
         # php-fpm status pages answer (or time out) while smaps is being read.
         fpm = self._fpm
@@ -215,7 +218,7 @@ class Collector:
 
     # ----------------------------------------------------------- stages
 
-    def _discover(self, pids: list[int]) -> list[_Proc]:
+    def _discover(self, pids: list[int], now: float) -> list[_Proc]:
         """Find the grouped processes; read stat only where statm changed."""
         cache: dict[int, _Proc] = {}
         tracked = []
@@ -252,11 +255,13 @@ class Collector:
             if not p.tracked:
                 continue
             p.ppid, p.state, p.dirty = st.ppid, st.state, True
-            if self.config.cgroups.enabled:
+            if self.config.cgroups.enabled and now - p.cgroup_at >= CGROUP_REFRESH:
+                # Processes rarely change cgroup: not re-read on every change.
                 try:
                     p.cgroup = parse_proc_cgroup(read_bytes(f"{base}/{pid}/cgroup"))
                 except OSError:
                     p.cgroup = None
+                p.cgroup_at = now
             if self._use_statm and not p.provisional:
                 if statm is None:
                     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import platform
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Callable
 
 from prometheus_client import (
@@ -367,33 +367,41 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
         yield source
 
 
-class _SnapshotCollector:
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
+class _Families:
+    """A registry stand-in: the same families for both formats, built once."""
 
-    def collect(self) -> Iterator[Metric]:
-        yield from snapshot_families(self.snap)
-        yield from pool_families(self.snap)
-        yield from host_families(self.snap)
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
-@dataclass(frozen=True)
 class Exposition:
-    """One snapshot's rendered /metrics bodies."""
+    """One snapshot's rendered /metrics bodies; the gzip forms are made on
+    the first request that accepts them, once."""
 
-    snapshot: Snapshot
-    text: bytes
-    text_gzip: bytes
-    openmetrics: bytes
-    openmetrics_gzip: bytes
+    def __init__(self, snapshot: Snapshot, text: bytes, openmetrics: bytes) -> None:
+        self.snapshot, self.text, self.openmetrics = snapshot, text, openmetrics
+        self._gzipped: dict[bool, bytes] = {}
+        self._lock = threading.Lock()
+
+    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
+        plain = self.openmetrics if openmetrics else self.text
+        if not gzipped:
+            return plain
+        with self._lock:
+            if openmetrics not in self._gzipped:
+                self._gzipped[openmetrics] = gzip.compress(plain, 6)
+            return self._gzipped[openmetrics]
 
 
 def render(snap: Snapshot) -> Exposition:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap))
+    process = CollectorRegistry(auto_describe=False)
     # The exporter's own CPU, RSS and fds, taken at render time.
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    text = generate_latest(registry)
-    om = generate_openmetrics(registry)
-    return Exposition(snap, text, gzip.compress(text, 6), om, gzip.compress(om, 6))
+    ProcessCollector(registry=process)
+    PlatformCollector(registry=process)
+    families = _Families(
+        [*snapshot_families(snap), *pool_families(snap), *host_families(snap), *process.collect()]
+    )
+    return Exposition(snap, generate_latest(families), generate_openmetrics(families))

@@ -28,6 +28,7 @@ from .phpfpm_config import FpmConfigError, PoolSettings, load_fpm_config
 log = logging.getLogger(__name__)
 
 STATUS_MAX_BYTES = 1 << 20
+MAX_CONCURRENT_QUERIES = 256
 # A master's config is re-read when its workers were replaced (a reload
 # respawns them all) and at least this often (seconds).
 CONFIG_REFRESH = 60.0
@@ -110,6 +111,9 @@ class PhpFpmSource:
         self._logged: set[tuple[int | None, str]] = set()
         # (master pid, config path) -> (workers seen, monotonic read time, pools)
         self._configs: dict[tuple[int, str], tuple[frozenset, float, dict | None]] = {}
+        # Threads are made on demand and reused: each pool's query runs at
+        # once, up to this many stuck (saturated) pools at a time.
+        self._queries = ThreadPoolExecutor(MAX_CONCURRENT_QUERIES, "fpm-status")
 
     def start(
         self, refs: list[PoolRef], masters: dict[int, str]
@@ -130,14 +134,15 @@ class PhpFpmSource:
                     group = f"{group}@{masters[pid]}"
                 taken.add(group)
                 refs = [*refs, PoolRef(group, name, pid, masters[pid], None)]
-        if not refs:
-            return []
-        executor = ThreadPoolExecutor(len(refs), "fpm-status")
         pending = []
         for ref in refs:
             s = settings.get((ref.master_pid, ref.pool))
-            pending.append((ref, s, executor.submit(self._status, ref, s)))
-        executor.shutdown(wait=False)  # each query ends at its own timeout
+            future: Future = Future()
+            if self._has_status(ref, s):
+                future = self._queries.submit(self._status, ref, s)
+            else:
+                future.set_result((False, None))
+            pending.append((ref, s, future))
         return pending
 
     def finish(
@@ -149,6 +154,7 @@ class PhpFpmSource:
             try:
                 queried, status = future.result(timeout=max(deadline - time.monotonic(), 0))
             except FutureTimeout:
+                future.cancel()  # not started yet: too many pools stuck at once
                 queried, status = True, None
             override = self._override(ref)
             max_children = override.max_children if override else None
@@ -201,15 +207,20 @@ class PhpFpmSource:
             self._logged.add((pid, str(exc)))
             log.warning("php-fpm master %s: %s", pid, exc)
 
+    def _has_status(self, ref: PoolRef, s: PoolSettings | None) -> bool:
+        override = self._override(ref)
+        if override is not None and override.status:
+            return True
+        return s is not None and bool(s.status_path) and bool(s.status_listen or s.listen)
+
     def _status(self, ref: PoolRef, s: PoolSettings | None) -> tuple[bool, PoolStatus | None]:
         """(queried, status): runs in the status thread pool."""
         override = self._override(ref)
         try:
             if override is not None and override.status:
                 return True, parse_status(self._http(override.status))
-            listen = s.status_listen or s.listen if s is not None else None
-            if s is None or not s.status_path or not listen:
-                return False, None
+            assert s is not None and s.status_path  # checked by _has_status
+            listen = s.status_listen or s.listen
             resp = request(
                 listen,
                 s.status_path,

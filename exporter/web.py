@@ -146,11 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         accept = self.headers.get("Accept", "")
         gz = "gzip" in self.headers.get("Accept-Encoding", "")
-        if "application/openmetrics-text" in accept:
-            ctype, body = OPENMETRICS_TYPE, exp.openmetrics_gzip if gz else exp.openmetrics
-        else:
-            ctype, body = TEXT_TYPE, exp.text_gzip if gz else exp.text
-        self._send(200, ctype, body, gzipped=gz)
+        om = "application/openmetrics-text" in accept
+        body = exp.body(openmetrics=om, gzipped=gz)
+        self._send(200, OPENMETRICS_TYPE if om else TEXT_TYPE, body, gzipped=gz)
 
     def _send(
         self,

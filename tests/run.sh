@@ -20,6 +20,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check exporter tests
-.venv/bin/ruff format --check exporter tests
+.venv/bin/ruff check exporter tests alerts bench
+.venv/bin/ruff format --check exporter tests alerts bench
 exec .venv/bin/python -m pytest "$@"
