@@ -3,15 +3,17 @@ landing page, /healthz the freshness of the snapshot.
 
 Hostile input is bounded: only GET and HEAD (405 otherwise) on three paths
 (404 otherwise); the request line and headers are limited by http.server
-(64 KiB lines, 100 headers: 414/431); every connection has an idle timeout
-and at most MAX_CONNECTIONS are served at once, so slow or stuck clients
-cannot exhaust the process. TLS, client certificates, basic auth and extra
-headers come from the exporter-toolkit web config (webconfig.py).
+(64 KiB lines, 99 header fields: 414/431); every connection has an idle
+timeout, and at most MAX_CONNECTIONS (fewer when file descriptors are scarce)
+are served at once, so slow or stuck clients cannot exhaust the process. TLS,
+client certificates, basic auth and extra headers come from the
+exporter-toolkit web config (webconfig.py).
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import ssl
 import threading
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 MAX_CONNECTIONS = 1024
+FDS_RESERVED = 64  # file descriptors kept for /proc reads, sockets to php-fpm, logs
 IDLE_TIMEOUT = 15.0  # seconds a connection may stay silent (TLS handshake included)
 
 LANDING = f"""<!DOCTYPE html>
@@ -35,6 +38,21 @@ LANDING = f"""<!DOCTYPE html>
 <ul><li><a href="metrics">metrics</a></li><li><a href="healthz">healthz</a></li></ul>
 </body></html>
 """.encode()
+
+
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, or fewer when file descriptors are scarcer: raise the
+    soft limit to the hard one, and keep some for /proc reads and the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(min(MAX_CONNECTIONS, soft - FDS_RESERVED), 1)
 
 
 def parse_listen_address(addr: str) -> tuple[str, int]:
@@ -61,7 +79,7 @@ class _Server(ThreadingHTTPServer):
         elif ":" in host:
             self.address_family = socket.AF_INET6
         self.loop, self.web, self.auth = loop, web, Authenticator()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = threading.BoundedSemaphore(connection_limit())
         super().__init__(address, _Handler, bind_and_activate=False)
         if self.address_family == socket.AF_INET6 and host == "":
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -104,6 +122,13 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""  # no interpreter version in the Server header
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
+    disable_nagle_algorithm = True  # head and body go out without a delayed-ACK wait
+
+    def __getattr__(self, name: str):
+        # Methods http.server has no do_X for (PROPFIND, ...): 405 as well, not 501.
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
 
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
@@ -136,8 +161,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         self._send(405, "text/plain; charset=utf-8", b"method not allowed\n", allow=True)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _metrics(self) -> None:
         exp = self.server.loop.latest

@@ -105,11 +105,22 @@ def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     cert, key = path("cert_file"), path("key_file")
+    for name, file in (("cert_file", cert), ("key_file", key)):
+        try:
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            raise WebConfigError(
+                source, f"tls_server_config.{name}", f"{file}: {exc.strerror}"
+            ) from None
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise WebConfigError(source, "tls_server_config.cert_file", f"{cert}: {reason}") from None
+        raise WebConfigError(
+            source,
+            "tls_server_config.cert_file",
+            f"{cert}: no valid pair with {key} ({getattr(exc, 'reason', None) or exc})",
+        ) from None
     files = [cert, key]
     auth = tls.get("client_auth_type", "NoClientCert")
     if auth not in CLIENT_AUTH:
@@ -199,6 +210,19 @@ def load_web_config(path: str) -> WebConfig:
     )
 
 
+def _is_bcrypt(text: str) -> bool:
+    """$2a$, $2b$ or $2y$, a two-digit cost, then 53 characters of bcrypt's base64."""
+    alphabet = set("./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+    head, rest = text[:7], text[7:]
+    return (
+        len(text) == 60
+        and head[:4] in ("$2a$", "$2b$", "$2y$")
+        and head[4:6].isdigit()
+        and head[6] == "$"
+        and set(rest) <= alphabet
+    )
+
+
 def _users(data: Any, source: str) -> dict[str, bytes]:
     if data is None:
         return {}
@@ -207,8 +231,8 @@ def _users(data: Any, source: str) -> dict[str, bytes]:
     out = {}
     for user, hashed in data.items():
         key = f"basic_auth_users.{user}"
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise WebConfigError(source, key, "must be a bcrypt hash ($2y$...)")
+        if not isinstance(hashed, str) or not _is_bcrypt(hashed):
+            raise WebConfigError(source, key, "must be a bcrypt hash ($2y$10$ and 53 characters)")
         out[str(user)] = hashed.encode()
     return out
 
@@ -286,7 +310,13 @@ class WebConfigWatcher:
             if stamps != self._stamps:
                 self._stamps = stamps
                 try:
-                    self._config = load_web_config(self.path)
+                    config = load_web_config(self.path)
+                    if (config.ssl_context is None) != (self._config.ssl_context is None):
+                        # Never fall back to plain HTTP (or switch to TLS) under clients.
+                        raise WebConfigError(
+                            self.path, "tls_server_config", "TLS on/off changes need a restart"
+                        )
+                    self._config = config
                     self._stamps = self._stat(self._config.files)
                     log.info("reloaded web config %s", self.path)
                 except WebConfigError as exc:
