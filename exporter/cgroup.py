@@ -115,6 +115,8 @@ def memory_chain(sysfs: str, paths: CgroupPaths) -> tuple[str, ...] | None:
     """memory_dirs() as a hashable chain, or None for a process in the root
     cgroup (whose usage is the whole host's) or with no memory hierarchy."""
     found = _hierarchy(sysfs, paths)
+    if found is not None and found[1].startswith("/.."):
+        return None  # seen from a private cgroup namespace: not a path under sysfs
     dirs = memory_dirs(sysfs, paths)
     # Memory is charged to the nearest cgroup with the controller; when that
     # is the hierarchy's root (which the v2 root never shows), there is none.

@@ -163,6 +163,7 @@ class Collector:
         self._kmsg = kmsg
         self._recent: dict[int, tuple[str, float]] = {}  # pid -> (group, last seen)
         self._kmsg_kills: dict[str, int] = {}
+        self._warn_cgroupns = True
 
     # ------------------------------------------------------------ public
 
@@ -456,6 +457,12 @@ class Collector:
                 continue
             if p.cgroup not in chains:
                 chains[p.cgroup] = memory_chain(self.sysfs, p.cgroup)
+                if self._warn_cgroupns and "/.." in f"{p.cgroup.v1_memory}{p.cgroup.v2}":
+                    self._warn_cgroupns = False
+                    log.warning(
+                        "cgroup paths are relative to this process's cgroup namespace; "
+                        "per-group cgroup metrics need the host's (docker --cgroupns=host)"
+                    )
             chain = chains[p.cgroup]
             if chain is not None:
                 by_group.setdefault(group, set()).add(chain)

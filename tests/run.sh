@@ -7,10 +7,15 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# Debian packages the tests start for real: php-fpm pools, Prometheus.
+# Debian packages the tests start for real (php-fpm pools, Prometheus,
+# Alertmanager) or call (systemd-analyze, openssl, setpriv).
 pkgs=()
 command -v php-fpm8.2 >/dev/null || [ -x /usr/sbin/php-fpm8.2 ] || pkgs+=(php8.2-fpm)
 command -v prometheus >/dev/null || pkgs+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || pkgs+=(prometheus-alertmanager)
+command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+command -v openssl >/dev/null || pkgs+=(openssl)
+command -v setpriv >/dev/null || pkgs+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ ${#pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -q

@@ -283,3 +283,15 @@ def test_rule_metrics_are_exported_and_documented() -> None:
             assert "php-fpm" in intro or "cgroup" in intro, f"{name}: not exported by `once`"
     for counter in re.findall(r"(?:rate|increase)\((pss_\w+)", exprs):
         assert documented[counter][0] == "counter", counter
+
+
+def test_prometheusrule_manifest_carries_the_shipped_rules() -> None:
+    """deploy/kubernetes/prometheusrule.yaml is generate.py's output: the same
+    rules as alerts/pss-exporter.rules.yml, in the manifests' namespace."""
+    shipped = (ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml").read_text()
+    assert shipped == run_generate("--prometheusrule", "--output", "-").stdout
+    manifest = yaml.safe_load(shipped)
+    assert manifest["kind"] == "PrometheusRule"
+    assert manifest["metadata"]["namespace"] == "monitoring"
+    rules = yaml.safe_load((ROOT / "alerts" / "pss-exporter.rules.yml").read_text())
+    assert manifest["spec"] == rules

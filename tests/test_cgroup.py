@@ -14,6 +14,7 @@ from exporter.cgroup import (
     CgroupMemory,
     CgroupPaths,
     headroom,
+    memory_chain,
     memory_dirs,
     parse_proc_cgroup,
     read_memory,
@@ -156,3 +157,11 @@ def test_pool_budget_follows_its_cgroup_limit(tmp_path: Path, limited_cgroup: Pa
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_paths_from_a_private_cgroup_namespace_are_not_followed(tmp_path: Path) -> None:
+    # Seen from inside a cgroup namespace, other cgroups are "/../..".
+    (tmp_path / "fs" / "cgroup" / "cgroup.controllers").parent.mkdir(parents=True)
+    (tmp_path / "fs" / "cgroup" / "cgroup.controllers").write_text("memory\n")
+    assert memory_chain(str(tmp_path), CgroupPaths(None, "/../../system.slice/x")) is None
+    assert memory_chain(str(tmp_path), CgroupPaths(None, "/")) is None
