@@ -40,8 +40,11 @@ COMPONENTS: dict[str, str] = {
     "available: half of it, at most the low watermark",
     "kernel_reserve": "free pages held back for the kernel (watermarks and lowmem reserves, "
     "totalreserve_pages)",
+    "pcp_free_lists": "free pages cached in per-CPU lists, which MemFree does not count "
+    "(the pagesets' count in /proc/zoneinfo)",
     "unexplained": "what no counter shows: driver and network buffers, memmap of hot-added "
-    "memory, mlocked file pages, processes that could not be read; may be negative",
+    "memory, mlocked file pages, processes that could not be read, counters that moved "
+    "between reads; may be negative",
 }
 
 
@@ -95,6 +98,7 @@ def reconcile(
         "zswap": m.get("Zswap", 0),
         "page_cache_unavailable": min(page_cache // 2, wmark_low),
         "kernel_reserve": marks.reserve * page_size,
+        "pcp_free_lists": marks.pcp_free * page_size,
     }
     parts["unexplained"] = used(m) - sum(parts.values())
     return parts

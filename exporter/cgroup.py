@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .discovery import read_bytes
 from .procfs import parse_key_values, parse_pressure
@@ -111,6 +112,26 @@ def headroom(chain: list[CgroupMemory]) -> int | None:
     return min(free) if free else None
 
 
+class Cgroup(NamedTuple):
+    """One process's memory cgroup: its directories from the leaf to the
+    root, and its PSI file (on hybrid hosts, in the unified hierarchy)."""
+
+    chain: tuple[str, ...]
+    pressure: str
+
+
+def memory_cgroup(sysfs: str, paths: CgroupPaths) -> Cgroup | None:
+    """memory_chain() with the PSI file that goes with it."""
+    chain = memory_chain(sysfs, paths)
+    if chain is None:
+        return None
+    if paths.v1_memory is not None and paths.v2 not in (None, "/"):
+        pressure = f"{_v2_root(sysfs)}{paths.v2}/memory.pressure"  # hybrid host
+    else:
+        pressure = f"{chain[0]}/memory.pressure"
+    return Cgroup(chain, pressure)
+
+
 def memory_chain(sysfs: str, paths: CgroupPaths) -> tuple[str, ...] | None:
     """memory_dirs() as a hashable chain, or None for a process in the root
     cgroup (whose usage is the whole host's) or with no memory hierarchy."""
@@ -145,23 +166,24 @@ def _oom_kills(d: str) -> int | None:
     return None
 
 
-def read_state(chain: tuple[str, ...]) -> CgroupState:
-    """Read one cgroup (chain[0]) and the limits of its ancestors."""
+def read_state(cgroup: Cgroup) -> CgroupState:
+    """Read one cgroup (chain[0]), its pressure and the limits of its ancestors."""
+    chain = cgroup.chain
     memory = [read_memory(d) for d in chain]
     try:
-        pressure = parse_pressure(read_bytes(f"{chain[0]}/memory.pressure"))
+        pressure = parse_pressure(read_bytes(cgroup.pressure))
     except OSError:
-        pressure = None  # v1, or PSI disabled
+        pressure = None  # pure v1, or PSI disabled
     return CgroupState(
         memory[0].usage, memory[0].limit, _oom_kills(chain[0]), pressure, headroom(memory)
     )
 
 
-def outermost(chains: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
-    """Drop every chain whose cgroup lies below another one of the set: a
-    parent's usage and OOM count already include its children's."""
-    leaves = {c[0] for c in chains}
-    return sorted(c for c in chains if not any(d in leaves for d in c[1:]))
+def outermost(cgroups: set[Cgroup]) -> list[Cgroup]:
+    """Drop every cgroup that lies below another one of the set: a parent's
+    usage and OOM count already include its children's."""
+    leaves = {c.chain[0] for c in cgroups}
+    return sorted(c for c in cgroups if not any(d in leaves for d in c.chain[1:]))
 
 
 def combine(states: list[CgroupState]) -> CgroupState:

@@ -29,10 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .accounting import Accounting, ProcessTotals
 from .cgroup import (
+    Cgroup,
     CgroupPaths,
     CgroupState,
     combine,
-    memory_chain,
+    memory_cgroup,
     outermost,
     parse_proc_cgroup,
     read_state,
@@ -450,34 +451,35 @@ class Collector:
 
     def _group_cgroups(self, procs: list[_Proc], groups: list[str]) -> dict[str, CgroupState]:
         """Each group's memory cgroup(s): outermost ones only, combined."""
-        chains: dict[CgroupPaths, tuple[str, ...] | None] = {}
-        by_group: dict[str, set[tuple[str, ...]]] = {}
+        found: dict[CgroupPaths, Cgroup | None] = {}
+        by_group: dict[str, set[Cgroup]] = {}
         for p, group in zip(procs, groups):
             if p.cgroup is None:
                 continue
-            if p.cgroup not in chains:
-                chains[p.cgroup] = memory_chain(self.sysfs, p.cgroup)
+            if p.cgroup not in found:
+                found[p.cgroup] = memory_cgroup(self.sysfs, p.cgroup)
                 if self._warn_cgroupns and "/.." in f"{p.cgroup.v1_memory}{p.cgroup.v2}":
                     self._warn_cgroupns = False
                     log.warning(
                         "cgroup paths are relative to this process's cgroup namespace; "
                         "per-group cgroup metrics need the host's (docker --cgroupns=host)"
                     )
-            chain = chains[p.cgroup]
-            if chain is not None:
-                by_group.setdefault(group, set()).add(chain)
-        states: dict[tuple[str, ...], CgroupState | None] = {}
+            cgroup = found[p.cgroup]
+            if cgroup is not None:
+                by_group.setdefault(group, set()).add(cgroup)
+        states: dict[Cgroup, CgroupState | None] = {}
         out = {}
-        for group, group_chains in by_group.items():
+        for group, group_cgroups in by_group.items():
             read = []
-            for chain in outermost(group_chains):
-                if chain not in states:
+            for cgroup in outermost(group_cgroups):
+                if cgroup not in states:
                     try:
-                        states[chain] = read_state(chain)
+                        states[cgroup] = read_state(cgroup)
                     except (OSError, ValueError):
-                        states[chain] = None  # removed while we looked
-                if states[chain] is not None:
-                    read.append(states[chain])
+                        states[cgroup] = None  # removed while we looked
+                state = states[cgroup]
+                if state is not None:
+                    read.append(state)
             if read:
                 out[group] = combine(read)
         return out

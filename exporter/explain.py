@@ -54,8 +54,8 @@ def render(snap: Snapshot) -> str:
             lines.append(f"{c['component']}: {COMPONENTS[c['component']]}.")
     if data["unreadable_processes"]:
         lines.append(
-            f"{data['unreadable_processes']} processes could not be read (permissions): "
-            "their memory is in unexplained."
+            f"{data['unreadable_processes']} processes could not be read (permissions, or "
+            "they exited during the pass): their memory is in unexplained."
         )
     return "\n".join(lines) + "\n"
 

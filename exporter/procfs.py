@@ -201,11 +201,12 @@ class Watermarks(NamedTuple):
 
     low: int  # sum of the zones' low watermarks
     reserve: int  # totalreserve_pages: per zone max(protection) + high, at most managed
+    pcp_free: int = 0  # free pages held in per-CPU lists ("count:"), not in MemFree
 
 
 def parse_zoneinfo(data: bytes) -> Watermarks:
     """Sum the watermarks of /proc/zoneinfo the way mm/page_alloc.c does."""
-    low = reserve = 0
+    low = reserve = pcp = 0
     for zone in data.split(b"\nNode "):
         values: dict[bytes, int] = {}
         protection = 0
@@ -213,6 +214,8 @@ def parse_zoneinfo(data: bytes) -> Watermarks:
             fields = line.split()
             if len(fields) == 2 and fields[0] in (b"low", b"high", b"managed"):
                 values[fields[0]] = int(fields[1])
+            elif len(fields) == 2 and fields[0] == b"count:":
+                pcp += int(fields[1])
             elif fields and fields[0] == b"protection:":
                 nums = line.partition(b"(")[2].partition(b")")[0].split(b",")
                 protection = max((int(n) for n in nums if n.strip()), default=0)
@@ -220,4 +223,4 @@ def parse_zoneinfo(data: bytes) -> Watermarks:
             continue
         low += values[b"low"]
         reserve += min(protection + values.get(b"high", 0), values.get(b"managed", 0))
-    return Watermarks(low, reserve)
+    return Watermarks(low, reserve, pcp)

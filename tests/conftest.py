@@ -84,7 +84,9 @@ def running_exporter(*args: str, ready: bool = True) -> Iterator[str]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("exporter did not become ready")
+                proc.terminate()
+                err = proc.communicate(timeout=10)[1]
+                raise AssertionError(f"exporter did not become ready: {err}")
             time.sleep(0.05)
         yield url
     finally:

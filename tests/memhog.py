@@ -1,6 +1,6 @@
 """A process that holds a known amount of memory, for the live tests.
 
-As a program:  python memhog.py LABEL MARKER PRIVATE_MIB SHARED_MIB
+As a program:  python memhog.py LABEL MARKER PRIVATE_MIB SHARED_MIB [GROW_MIB]
 
 It writes every page of PRIVATE_MIB MiB of private anonymous memory. With
 SHARED_MIB > 0 it first maps SHARED_MIB MiB of anonymous MAP_SHARED memory
@@ -10,11 +10,13 @@ PRIVATE_MIB MiB of private memory.
 
 When everything is resident it prints one line, `ready ADDRESS PID...` (the
 shared mapping's start address in hex, 0 without one, then the PIDs), and
-waits until stdin reaches EOF. LABEL and MARKER only make the command line
-recognisable: a cmdline rule picks these processes out of all others.
+waits until stdin reaches EOF. With GROW_MIB, each SIGUSR1 makes the first
+process write GROW_MIB MiB more of private memory (to push a process that was
+already seen past a cgroup's limit). LABEL and MARKER only make the command
+line recognisable: a cmdline rule picks these processes out of all others.
 
 As a module: running_hog() starts it and yields a Hog (used by
-test_live_memory.py and test_prometheus_scrape.py).
+test_live_memory.py, test_prometheus_scrape.py and test_oom.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,7 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     private_mib, shared_mib = int(argv[2]), int(argv[3])
+    grow_mib = int(argv[4]) if len(argv) > 4 else 0
     held = []
     pids = [os.getpid()]
     address = 0
@@ -82,6 +85,8 @@ def main(argv: list[str]) -> int:
             raise SystemExit("memhog: child failed")
     if private_mib:
         held.append(_written(private_mib, mmap.MAP_PRIVATE))
+    if grow_mib:  # installed after the fork: the child keeps the default action
+        signal.signal(signal.SIGUSR1, lambda *_: held.append(_written(grow_mib, mmap.MAP_PRIVATE)))
     print("ready", hex(address), *pids, flush=True)
     sys.stdin.buffer.read()
     return 0
@@ -99,15 +104,37 @@ class Hog:
     address: int
 
 
+def join_cgroup(cgroup: Path) -> Callable[[], None]:
+    """A preexec_fn that moves the new process into cgroup (a cgroup directory,
+    v1 or v2) before it execs, so everything it allocates is charged there."""
+
+    def join() -> None:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    return join
+
+
 @contextmanager
-def running_hog(label: str, marker: str, private_mib: int, shared_mib: int = 0) -> Iterator[Hog]:
-    """Start memhog.py, wait for its ready line, kill all its processes on exit."""
+def running_hog(
+    label: str,
+    marker: str,
+    private_mib: int,
+    shared_mib: int = 0,
+    *,
+    grow_mib: int = 0,
+    cgroup: Path | None = None,
+) -> Iterator[Hog]:
+    """Start memhog.py (inside cgroup if given), wait for its ready line, kill
+    all its processes on exit. grow_mib: see the module docstring (SIGUSR1)."""
     argv = [label, marker, str(private_mib), str(shared_mib)]
+    if grow_mib:
+        argv.append(str(grow_mib))
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=join_cgroup(cgroup) if cgroup is not None else None,
     )
     pids: list[int] = []
     try:

@@ -14,10 +14,12 @@ from exporter.cgroup import (
     CgroupMemory,
     CgroupPaths,
     headroom,
+    memory_cgroup,
     memory_chain,
     memory_dirs,
     parse_proc_cgroup,
     read_memory,
+    read_state,
 )
 
 from conftest import free_port, group_value, parse_samples, require_binary, run_cli
@@ -50,14 +52,13 @@ def write(d: Path, **files: str) -> None:
 
 def test_v2_headroom_is_the_tightest_limit_on_the_way_up(tmp_path: Path) -> None:
     root = tmp_path / "fs" / "cgroup"
-    write(root, cgroup_controllers="memory pids", memory_current="4000000000")
+    write(root, cgroup_controllers="memory pids")  # the v2 root has no memory files
     write(root / "web", memory_current=str(900 * MiB), memory_max=str(1024 * MiB))
     write(root / "web" / "fpm", memory_current=str(500 * MiB), memory_max="max")
     dirs = memory_dirs(str(tmp_path), CgroupPaths(None, "/web/fpm"))
-    assert dirs == [str(root / "web" / "fpm"), str(root / "web"), str(root)]
+    assert dirs == [str(root / "web" / "fpm"), str(root / "web")]
     chain = [read_memory(d) for d in dirs]
     assert chain[0] == CgroupMemory(str(root / "web" / "fpm"), 500 * MiB, None)
-    assert chain[2].limit is None  # the root has no memory.max
     assert headroom(chain) == 124 * MiB  # the parent's limit binds, not the leaf
 
 
@@ -165,3 +166,16 @@ def test_paths_from_a_private_cgroup_namespace_are_not_followed(tmp_path: Path) 
     (tmp_path / "fs" / "cgroup" / "cgroup.controllers").write_text("memory\n")
     assert memory_chain(str(tmp_path), CgroupPaths(None, "/../../system.slice/x")) is None
     assert memory_chain(str(tmp_path), CgroupPaths(None, "/")) is None
+
+
+def test_hybrid_host_takes_pressure_from_the_unified_hierarchy(tmp_path: Path) -> None:
+    mem = tmp_path / "fs" / "cgroup" / "memory" / "svc"
+    write(mem, memory_usage_in_bytes=str(MiB), memory_limit_in_bytes=str(8 * MiB))
+    unified = tmp_path / "fs" / "cgroup" / "unified" / "svc"
+    write(unified, memory_pressure="some avg10=0 avg60=0 avg300=0 total=1500000\n"
+          "full avg10=0 avg60=0 avg300=0 total=500000")  # fmt: skip
+    cgroup = memory_cgroup(str(tmp_path), parse_proc_cgroup(b"4:memory:/svc\n0::/svc\n"))
+    assert cgroup is not None and cgroup.pressure == f"{unified}/memory.pressure"
+    state = read_state(cgroup)
+    assert state.pressure == {"some": 1.5, "full": 0.5}
+    assert (state.usage, state.limit, state.headroom) == (MiB, 8 * MiB, 7 * MiB)
