@@ -3,12 +3,11 @@ over the ancestry, and a pool's budget under a real memory limit."""
 
 from __future__ import annotations
 
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from fpm import running_fpm, write_static_config
 
 from exporter.cgroup import (
     CgroupMemory,
@@ -22,7 +21,7 @@ from exporter.cgroup import (
     read_state,
 )
 
-from conftest import free_port, group_value, parse_samples, require_binary, run_cli
+from conftest import MEMORY_LIMIT, group_value, parse_samples, run_cli, wait_until
 
 MiB = 1 << 20
 
@@ -86,63 +85,18 @@ def test_missing_hierarchy_gives_no_dirs(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- live
 
 
-def _memory_cgroup_root() -> Path:
-    """Where this machine lets us create a memory cgroup (v1 or v2)."""
-    for root, marker in (
-        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
-        (Path("/sys/fs/cgroup"), "memory.max"),
-    ):
-        probe = root / f"pss-probe-{uuid.uuid4().hex[:6]}"
-        try:
-            probe.mkdir()
-        except OSError:
-            continue
-        ok = (probe / marker).exists()
-        probe.rmdir()
-        if ok:
-            return root
-    pytest.skip("this machine cannot create memory cgroups (needs root and a memory controller)")
-
-
-@pytest.fixture
-def limited_cgroup():
-    root = _memory_cgroup_root()
-    cg = root / f"pss-test-{uuid.uuid4().hex[:8]}"
-    cg.mkdir()
-    limit_file = (
-        "memory.limit_in_bytes" if (cg / "memory.limit_in_bytes").exists() else "memory.max"
-    )
-    (cg / limit_file).write_text(str(256 * MiB))
-    yield cg
-    for _ in range(50):
-        try:
-            cg.rmdir()
-            return
-        except OSError:
-            time.sleep(0.1)  # processes still exiting
-
-
 def test_pool_budget_follows_its_cgroup_limit(tmp_path: Path, limited_cgroup: Path) -> None:
-    fpm = require_binary("php-fpm8.2")
     pool = f"cg_{uuid.uuid4().hex[:6]}"
-    conf = tmp_path / "fpm.conf"
-    conf.write_text(
-        f"[global]\npid = {tmp_path}/fpm.pid\nerror_log = {tmp_path}/error.log\n"
-        f"daemonize = no\n[{pool}]\nlisten = 127.0.0.1:{free_port()}\n"
-        "pm = static\npm.max_children = 2\n"
-    )
-    # Join the cgroup first, then exec php-fpm: master and workers are inside.
-    script = f"echo $$ > {limited_cgroup}/cgroup.procs && exec {fpm} -F -R -y {conf}"
-    proc = subprocess.Popen(["sh", "-c", script], stderr=subprocess.DEVNULL)
-    try:
+    conf = write_static_config(tmp_path, {pool: 2})
+    with running_fpm(conf, {pool: 2}, cgroup=limited_cgroup, graceful=False):
         group = f"php-fpm:{pool}"
-        deadline = time.monotonic() + 20
-        while True:
+        key = ("pss_group_processes", frozenset({("group", group)}))
+
+        def collected() -> dict | None:
             samples = parse_samples(run_cli("once").stdout)
-            key = ("pss_group_processes", frozenset({("group", group)}))
-            if samples.get(key) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+            return samples if samples.get(key) == 2 else None
+
+        samples = wait_until(f"{group} with 2 processes", collected, timeout=20, interval=0.2)
         assert samples[key] == 2
         pss = group_value(samples, "pss_group_pss_bytes", group)
         budget = group_value(samples, "pss_phpfpm_budget_bytes", group)
@@ -151,13 +105,10 @@ def test_pool_budget_follows_its_cgroup_limit(tmp_path: Path, limited_cgroup: Pa
             if (limited_cgroup / f).exists()
         )  # fmt: skip
         usage = int((limited_cgroup / usage_file).read_text())
-        expected = (pss + 256 * MiB - usage) * 0.9
+        expected = (pss + MEMORY_LIMIT - usage) * 0.9
         # Usage (page cache included) moves a little between the two reads.
         assert budget == pytest.approx(expected, rel=0.02)
-        assert budget < 256 * MiB  # the host's MemAvailable is far larger
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        assert budget < MEMORY_LIMIT  # the host's MemAvailable is far larger
 
 
 def test_paths_from_a_private_cgroup_namespace_are_not_followed(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from conftest import (
     ROOT,
     free_port,
     group_value,
-    http_get,
     parse_samples,
     require_binary,
     run_cli,
+    running_server,
 )
 
 WAIT = 30.0  # upper bound of every wait; never reached when things work
@@ -266,31 +265,9 @@ def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A `serve` process on a free loopback port, healthy; killed if left running."""
     config = write(tmp_path / "config.yaml", "collection:\n  interval: 200ms\n")
     port = free_port()
-    proc = subprocess.Popen(
-        [*EXPORTER, "serve", f"--web.listen-address=127.0.0.1:{port}", f"--config={config}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while not _healthy(f"http://127.0.0.1:{port}/healthz"):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "serve did not become healthy"
-            time.sleep(0.05)
+    argv = [*EXPORTER, "serve", f"--web.listen-address=127.0.0.1:{port}", f"--config={config}"]
+    with running_server(argv, f"http://127.0.0.1:{port}", stop_signal=signal.SIGKILL) as proc:
         yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return http_get(url, timeout=2)[0] == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

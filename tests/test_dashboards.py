@@ -4,7 +4,6 @@ names, and every query parsed by a real Prometheus."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from dashboards_util import (
     variable_values,
     variables,
 )
-from test_prometheus_scrape import running_prometheus
+from prometheus_util import running_prometheus
 
-from conftest import ROOT, http_get
+from conftest import ROOT
 
 DASHBOARDS = dashboard_paths()
 DATASOURCE_UIDS = {"${datasource}", "$datasource"}
@@ -72,26 +71,12 @@ def uses_datasource(obj: dict[str, Any]) -> bool:
     return ds.get("type") == "prometheus" and ds.get("uid") in DATASOURCE_UIDS
 
 
-def wait_until_ready(prometheus: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if http_get(prometheus + "/-/ready", timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Prometheus at {prometheus} did not become ready")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prometheus with no data: its only target (port 9, discard) is never up."""
     workdir = tmp_path_factory.mktemp("prometheus")
-    with running_prometheus(workdir, "none", "127.0.0.1:9") as url:
-        wait_until_ready(url)
-        yield url
+    with running_prometheus(workdir, "none", "127.0.0.1:9") as prometheus:
+        yield prometheus.url
 
 
 def test_dashboards_ship() -> None:

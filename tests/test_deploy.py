@@ -32,7 +32,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fpm import global_section, running_fpm
 
 from exporter import __version__
 from exporter.cli import build_parser
@@ -54,6 +54,7 @@ from conftest import (
     parse_samples,
     require_binary,
     running_exporter,
+    running_server,
 )
 
 SYSTEMD = ROOT / "systemd"
@@ -325,35 +326,9 @@ def sandboxed_exporter() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     once /healthz answers 200."""
     port = free_port()
     exporter = [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}"]
-    proc = subprocess.Popen(
-        sandbox_command(exporter),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"exporter exited {proc.returncode}: {proc.stderr.read()}")
-            try:
-                if http_get(url + "/healthz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the sandboxed exporter did not become ready"
-            time.sleep(0.05)
+    with running_server(sandbox_command(exporter), url) as proc:
         yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass(frozen=True)
@@ -362,31 +337,16 @@ class Pool:
     max_requests: int
 
 
-def fpm_workers(pool: str) -> int:
-    count = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            count += cmdline.read_bytes().rstrip(b"\0") == f"php-fpm: pool {pool}".encode()
-        except OSError:
-            continue
-    return count
-
-
 @pytest.fixture
 def private_pool(tmp_path: Path) -> Iterator[Pool]:
     """A php-fpm pool whose config and status socket live in this test's
     directory under /tmp (mode 0700): the unit's PrivateTmp= hides it, so only
     /proc/MASTER/root reaches them. The socket is 0660 in the sandbox user's
     group, as docs/deployment.md tells php-fpm admins to set it up."""
-    binary = require_binary("php-fpm8.2")
     pool = Pool(f"sandbox_{uuid.uuid4().hex[:8]}", 4321)
     conf = tmp_path / "php-fpm.conf"
     conf.write_text(
-        "[global]\n"
-        f"pid = {tmp_path / 'php-fpm.pid'}\n"
-        f"error_log = {tmp_path / 'php-fpm.log'}\n"
-        "daemonize = no\n"
-        f"[{pool.name}]\n"
+        global_section(tmp_path) + f"[{pool.name}]\n"
         f"listen = {tmp_path / 'fpm.sock'}\n"
         f"listen.group = {grp.getgrgid(SANDBOX_USER).gr_name}\n"
         "listen.mode = 0660\n"
@@ -395,25 +355,8 @@ def private_pool(tmp_path: Path) -> Iterator[Pool]:
         f"pm.max_requests = {pool.max_requests}\n"
         "pm.status_path = /status\n"
     )
-    log = tmp_path / "php-fpm.out"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "-F", "-R", "-y", str(conf)], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while fpm_workers(pool.name) < 2:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "php-fpm workers did not start"
-            time.sleep(0.05)
+    with running_fpm(conf, {pool.name: 2}):
         yield pool
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_exporter_reads_a_private_php_fpm_pool_inside_the_unit_sandbox(

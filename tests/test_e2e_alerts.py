@@ -17,14 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import yaml
 from dashboards_util import (
@@ -34,17 +31,24 @@ from dashboards_util import (
     variable_queries,
     variable_values,
 )
+from fpm import global_section, pool_workers, running_fpm
+from prometheus_util import running_prometheus, wait_for_series
 from test_alerts import KNOBS, generated
-from test_cgroup import limited_cgroup  # noqa: F401 (the fixture: a cgroup with a memory limit)
-from test_dashboards import wait_until_ready
-from test_phpfpm_capacity import global_section
-from test_phpfpm_live import pool_workers
-from test_prometheus_scrape import wait_for_series, write_prometheus_config
 
-from exporter.cgroup import read_memory, read_state
+from exporter.cgroup import Cgroup, read_memory, read_state
 from exporter.fastcgi import FastCGIError, request
 
-from conftest import free_port, http_get, require_binary, running_exporter
+from conftest import (
+    QuietHandler,
+    free_port,
+    http_get,
+    require_binary,
+    running,
+    running_exporter,
+    serving_http,
+    wait_for_http,
+    wait_until,
+)
 
 LEAK_SCRIPT = Path(__file__).resolve().parent / "php" / "leak.php"
 WORKERS = 3
@@ -69,48 +73,20 @@ WAIT = 60.0  # seconds for anything the test waits for
 
 
 @contextmanager
-def running(argv: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    """Start argv with its output in log; terminate it on exit."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextmanager
 def running_webhook() -> Iterator[tuple[str, list[dict]]]:
     """An Alertmanager webhook receiver on loopback; yields its URL and the
     alerts of every notification it got, in arrival order."""
     received: list[dict] = []
 
-    class Receiver(BaseHTTPRequestHandler):
+    class Receiver(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.extend(json.loads(body)["alerts"])
             self.send_response(200)
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving_http(Receiver) as url:
+        yield f"{url}/alerts", received
 
 
 @contextmanager
@@ -138,39 +114,9 @@ def running_alertmanager(workdir: Path, webhook: str) -> Iterator[str]:
         f"--web.listen-address=127.0.0.1:{port}",
         "--cluster.listen-address=",  # no clustering, no other port
     ]
-    with running(argv, workdir / "alertmanager.log"):
+    with running(argv, workdir / "alertmanager.log", stop_timeout=20) as proc:
         url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url)
-        yield url
-
-
-@contextmanager
-def running_prometheus(
-    workdir: Path, job: str, target: str, rules: Path, alertmanager: str
-) -> Iterator[str]:
-    """Prometheus scraping target every second, evaluating rules every second
-    and sending to alertmanager. (test_prometheus_scrape.running_prometheus
-    takes no rules nor Alertmanager: this adds them to its config.)"""
-    workdir.mkdir()
-    config = write_prometheus_config(workdir / "prometheus.yml", job, target)
-    manager = urllib.parse.urlsplit(alertmanager).netloc
-    with config.open("a") as extra:
-        extra.write(
-            f"rule_files: ['{rules}']\n"
-            "alerting:\n"
-            "  alertmanagers:\n"
-            f"    - static_configs: [{{targets: ['{manager}']}}]\n"
-        )
-    port = free_port()
-    argv = [
-        require_binary("prometheus"),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with running(argv, workdir / "prometheus.log"):
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url)
+        wait_for_http(url + "/-/ready", proc)
         yield url
 
 
@@ -179,8 +125,7 @@ def fpm_in_cgroup(
     workdir: Path, cgroup: Path, pool: str, listen: str
 ) -> Iterator[subprocess.Popen]:
     """php-fpm with one static pool running leak.php, master and workers in
-    cgroup (joined before exec); yields the master once the workers are up.
-    (test_phpfpm_capacity.running_fpm cannot start php-fpm in a cgroup.)"""
+    cgroup; yields the master once the workers are up."""
     workdir.mkdir()
     config = workdir / "php-fpm.conf"
     config.write_text(
@@ -192,15 +137,7 @@ def fpm_in_cgroup(
         "pm.status_path = /status\n"
         "php_admin_value[ffi.enable] = 1\n"
     )
-    binary = require_binary("php-fpm8.2")
-    script = f"echo $$ > {cgroup}/cgroup.procs && exec {binary} -F -R -y {config}"
-    with running(["sh", "-c", script], workdir / "php-fpm.out") as proc:
-        deadline = time.monotonic() + WAIT
-        while len(pool_workers(proc.pid, pool)) != WORKERS:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = workdir / "php-fpm.log"
-                raise AssertionError(f"php-fpm did not start: {log.exists() and log.read_text()}")
-            time.sleep(0.05)
+    with running_fpm(config, {pool: WORKERS}, cgroup=cgroup, graceful=False) as proc:
         yield proc
 
 
@@ -220,7 +157,7 @@ def usage_ratio(cgroup: Path) -> float:
 
 
 def oom_kills(cgroup: Path) -> int:
-    kills = read_state((str(cgroup),)).oom_kills
+    kills = read_state(Cgroup((str(cgroup),), f"{cgroup}/memory.pressure")).oom_kills
     assert kills is not None, f"{cgroup} does not count OOM kills"
     return kills
 
@@ -246,27 +183,33 @@ def first_firing(received: list[dict], alertname: str, group: str) -> int | None
 def wait_for_alert(
     received: list[dict], alertname: str, group: str, diagnose: Callable[[], str]
 ) -> dict:
-    deadline = time.monotonic() + WAIT
-    while (index := first_firing(received, alertname, group)) is None:
-        if time.monotonic() > deadline:
-            got = sorted({(a["labels"]["alertname"], a["labels"].get("group")) for a in received})
-            raise AssertionError(
-                f"no {alertname} for {group} at the webhook after {WAIT}s; got {got}\n{diagnose()}"
-            )
-        time.sleep(0.2)
-    return {"index": index, **received[index]}
+    def fired() -> dict | None:
+        index = first_firing(received, alertname, group)
+        return None if index is None else {"index": index, **received[index]}
+
+    def received_so_far() -> str:
+        got = sorted({(a["labels"]["alertname"], a["labels"].get("group")) for a in received})
+        return f"got {got}\n{diagnose()}"
+
+    what = f"{alertname} for {group} at the webhook"
+    return wait_until(what, fired, timeout=WAIT, interval=0.2, detail=received_so_far)
 
 
 def respawned(fpm: subprocess.Popen, pool: str, before: set[int]) -> set[int]:
     """The pool's workers once php-fpm has replaced the killed one(s)."""
-    deadline = time.monotonic() + WAIT
-    while True:
+
+    def replaced() -> set[int] | None:
         assert fpm.poll() is None, "the OOM killer killed the php-fpm master, not a worker"
         workers = set(pool_workers(fpm.pid, pool))
-        if len(workers) == WORKERS and workers != before:
-            return workers
-        assert time.monotonic() < deadline, f"no worker killed and replaced: {before} -> {workers}"
-        time.sleep(0.1)
+        return workers if len(workers) == WORKERS and workers != before else None
+
+    return wait_until(
+        "a worker killed and replaced",
+        replaced,
+        timeout=WAIT,
+        interval=0.1,
+        detail=lambda: f"{before} -> {set(pool_workers(fpm.pid, pool))}",
+    )
 
 
 def readable(path: Path) -> bool:
@@ -303,7 +246,7 @@ def check_alert(alert: dict, labels: dict[str, str], anchor: str) -> None:
 
 def test_leaking_pool_alerts_near_limit_then_oom_kill(
     tmp_path: Path,
-    limited_cgroup: Path,  # noqa: F811 (the fixture imported above)
+    limited_cgroup: Path,
 ) -> None:
     """Leak to just above the near-limit ratio and hold (the alert fires and
     is delivered), then past the limit (a worker is OOM-killed, the OOM alert
@@ -324,17 +267,18 @@ def test_leaking_pool_alerts_near_limit_then_oom_kill(
         exporter = stack.enter_context(running_exporter("--config", str(exporter_config)))
         target = urllib.parse.urlsplit(exporter).netloc
         prometheus = stack.enter_context(
-            running_prometheus(tmp_path / "prometheus", job, target, rules, alertmanager)
+            running_prometheus(
+                tmp_path / "prometheus", job, target, rules=rules, alertmanager=alertmanager
+            )
         )
-        log = tmp_path / "prometheus" / "prometheus.log"
 
         def diagnose() -> str:
-            alerts = http_get(prometheus + "/api/v1/alerts")[2].decode()
+            alerts = http_get(prometheus.url + "/api/v1/alerts")[2].decode()
             ratio = usage_ratio(limited_cgroup)
             return f"cgroup usage {ratio:.3f} of the limit; Prometheus alerts: {alerts}"
 
         kills_query = f'pss_group_oom_kills_total{{job="{job}", group="{group}"}}'
-        kills_before = float(wait_for_series(prometheus, kills_query, log)[0]["value"][1])
+        kills_before = float(wait_for_series(prometheus, kills_query)[0]["value"][1])
         workers_before = set(pool_workers(fpm.pid, pool))
 
         # Phase 1: above the near-limit ratio, below the critical one, no kill.
@@ -358,12 +302,12 @@ def test_leaking_pool_alerts_near_limit_then_oom_kill(
         assert oom_kills(limited_cgroup) > 0, diagnose()
         oom = wait_for_alert(received, "ProcessGroupOomKilled", group, diagnose)
         kills_now = f"{kills_query} >= {kills_before + 1}"
-        kills_after = float(wait_for_series(prometheus, kills_now, log)[0]["value"][1])
+        kills_after = float(wait_for_series(prometheus, kills_now)[0]["value"][1])
         workers_after = respawned(fpm, pool, workers_before)
         values = variable_values(job=job, instance=target)
         queries = [q for path in dashboard_paths() for q in dashboard_queries(path)]
         queries += [q for path in dashboard_paths() for q in variable_queries(path)]
-        results = run_queries(prometheus, queries, values)
+        results = run_queries(prometheus.url, queries, values)
 
     labels = {"job": job, "instance": target, "group": group}
     check_alert(

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
 import struct
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fpm import global_section, running_fpm
 
 from exporter.fastcgi import FastCGIError, parse_address, request
 
-from conftest import free_port, require_binary
+from conftest import free_port
 
 # --- FastCGI records, written here independently of exporter/fastcgi.py -------
 
@@ -356,38 +354,18 @@ class Fpm:
 
 @pytest.fixture(scope="module")
 def fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fpm]:
-    binary = require_binary("php-fpm8.2")
     tmp = tmp_path_factory.mktemp("fpm")
     for name, text in SCRIPTS.items():
         (tmp / name).write_text(text)
     fpm = Fpm(f"127.0.0.1:{free_port()}", tmp / "fpm.sock", tmp)
-    log = tmp / "php-fpm.log"
     conf = tmp / "php-fpm.conf"
     conf.write_text(
-        f"[global]\npid = {tmp / 'php-fpm.pid'}\nerror_log = {log}\ndaemonize = no\n"
+        global_section(tmp)
         + POOL.format(name=TCP_POOL, listen=fpm.tcp)
         + POOL.format(name=UNIX_POOL, listen=fpm.socket)
     )
-    proc = subprocess.Popen(
-        [binary, "-F", "-R", "-y", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (log.exists() and "ready to handle connections" in log.read_text()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"php-fpm did not start: {log.read_text()}")
-            time.sleep(0.05)
+    with running_fpm(conf, {TCP_POOL: 2, UNIX_POOL: 2}):
         yield fpm
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("pool", [TCP_POOL, UNIX_POOL])

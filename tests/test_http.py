@@ -23,7 +23,7 @@ from prometheus_client.openmetrics.parser import (
 
 import exporter
 
-from conftest import group_value, http_get, parse_samples, running_exporter
+from conftest import group_value, http_get, parse_samples, running_exporter, wait_until
 
 KIB = 1024
 INTERVAL = "200ms"
@@ -96,15 +96,6 @@ def fixture_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 # --------------------------------------------------------------- small helpers
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll check() until it is true; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def status_of(url: str) -> int:
@@ -319,7 +310,7 @@ def test_stuck_collection_serves_previous_snapshot_and_turns_unhealthy(tmp_path:
     with running_exporter(f"--path.procfs={procfs}", f"--config={config}") as url:
         assert alpha_pss(url) == 600 * KIB
         with stuck_rollup(procfs, 100, then_pss_kb=900):
-            wait_for("/healthz to turn 503", lambda: status_of(url + "/healthz") == 503)
+            wait_until("/healthz to turn 503", lambda: status_of(url + "/healthz") == 503)
             # The collection is stuck: scrapes still answer, from the old snapshot.
             first = http_get(url + "/metrics", timeout=2)
             second = http_get(url + "/metrics", timeout=2)
@@ -329,8 +320,8 @@ def test_stuck_collection_serves_previous_snapshot_and_turns_unhealthy(tmp_path:
             assert group_value(samples, "pss_group_pss_bytes", "alpha") == 600 * KIB
             assert group_value(samples, "pss_group_pss_bytes", "beta") == 300 * KIB
 
-        wait_for("the new Pss on /metrics", lambda: alpha_pss(url) == 900 * KIB)
-        wait_for("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
+        wait_until("the new Pss on /metrics", lambda: alpha_pss(url) == 900 * KIB)
+        wait_until("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
         assert group_value(metrics_samples(url), "pss_group_pss_bytes", "beta") == 300 * KIB
 
 
@@ -346,5 +337,5 @@ def test_no_snapshot_yet_is_503_at_once(tmp_path: Path) -> None:
             assert status_of(url + "/") == 200
         finally:
             release_fifo(rollup, smaps_rollup(700))
-        wait_for("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
+        wait_until("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
         assert group_value(metrics_samples(url), "pss_group_pss_bytes", "beta") == 700 * KIB

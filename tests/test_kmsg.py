@@ -10,7 +10,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from exporter.kmsg import (
     parse_record,
 )
 
-from conftest import FIXTURES, ROOT, require_binary
+from conftest import FIXTURES, ROOT, require_binary, wait_until
 
 KMSG_FIXTURES = FIXTURES / "kmsg"
 WAIT = 10.0
@@ -73,15 +73,6 @@ def track(records: list[str]) -> list[OomKill]:
 def record(seq: int, message: str, prio: int = 3) -> str:
     """A /dev/kmsg record; prio 3 = kernel facility, level err."""
     return f"{prio},{seq},{seq * 1000},-;{message}"
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll check() until it is true; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @contextmanager
@@ -348,12 +339,12 @@ def test_watcher_reads_records_from_a_fifo(tmp_path: Path) -> None:
             data = (KMSG_FIXTURES / "kernel-6.1-global.txt").read_bytes()
             for start in range(0, len(data), 97):
                 writer.write(data[start : start + 97])
-            wait_for("the last record", lambda: watcher.last_seq == 30178)
+            wait_until("the last record", lambda: watcher.last_seq == 30178)
             expected = EXPECTED["kernel-5.10-memcg-v2.txt"] + EXPECTED["kernel-6.1-global.txt"]
             assert watcher.drain() == [OomKill(*kill) for kill in expected]
             assert watcher.drain() == []
             assert watcher.available
-        wait_for("the reader to end at EOF", lambda: not watcher.available)
+        wait_until("the reader to end at EOF", lambda: not watcher.available)
 
 
 def test_watcher_starts_at_the_end(tmp_path: Path) -> None:
@@ -362,7 +353,7 @@ def test_watcher_starts_at_the_end(tmp_path: Path) -> None:
     log = tmp_path / "kmsg"
     log.write_bytes((KMSG_FIXTURES / "kernel-6.1-global.txt").read_bytes())
     with started(KmsgWatcher(str(log))) as watcher:
-        wait_for("the reader to end at EOF", lambda: not watcher.available)
+        wait_until("the reader to end at EOF", lambda: not watcher.available)
         assert watcher.last_seq is None
         assert watcher.drain() == []
 
@@ -436,7 +427,7 @@ def test_watcher_on_dev_kmsg_ignores_user_written_kills() -> None:
             (1, fakes[1].removeprefix("<6>")),
         ]
         last = max(seq for _, seq, _ in records)
-        wait_for("the watcher to read them", lambda: (watcher.last_seq or 0) >= last)
+        wait_until("the watcher to read them", lambda: (watcher.last_seq or 0) >= last)
         assert watcher.available
         assert watcher.drain() == []
     assert not watcher.available

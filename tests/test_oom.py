@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import http_get, parse_samples, running_exporter
+from conftest import http_get, parse_samples, running_exporter, wait_until
 from memhog import MIB, join_cgroup, running_hog
 
 LIMIT = 64 * MIB
@@ -168,10 +168,9 @@ def group_series(samples: dict) -> set[str]:
 def wait_until_dead(pid: int) -> None:
     """Wait for a child of ours to die (it stays a zombie until reaped)."""
     proc = psutil.Process(pid)
-    deadline = time.monotonic() + WAIT
-    while proc.status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, f"{pid} was not OOM-killed"
-        time.sleep(0.05)
+    wait_until(
+        f"{pid} to be OOM-killed", lambda: proc.status() == psutil.STATUS_ZOMBIE, timeout=WAIT
+    )
 
 
 def test_oom_kill_in_the_groups_cgroup(tmp_path: Path, memory_cgroup: MemoryCgroup) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import urllib.parse
 import uuid
@@ -19,24 +18,25 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import pytest
-from test_phpfpm_live import between, pool_sums, pool_workers, rollup_kb
+from fpm import global_section, pool_workers, running_fpm
+from test_phpfpm_live import between, pool_sums, rollup_kb
 
 from exporter.cgroup import headroom, memory_dirs, parse_proc_cgroup, read_memory
 from exporter.fastcgi import FastCGIError, request
 
 from conftest import (
+    QuietHandler,
     free_port,
     group_value,
     http_get,
     parse_samples,
-    require_binary,
     run_cli,
     running_exporter,
+    serving_http,
+    wait_until,
 )
 
 MIB = 1 << 20
@@ -123,40 +123,18 @@ def write_config(tmp: Path) -> dict[str, Pool]:
 
 
 @contextmanager
-def running_fpm(tmp: Path, pools: dict[str, Pool]) -> Iterator[Fpm]:
-    """php-fpm on tmp/php-fpm.conf, once every pool has its workers."""
-    binary = require_binary("php-fpm8.2")
-    proc = subprocess.Popen(
-        [binary, "-F", "-R", "-y", str(tmp / "php-fpm.conf")],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not all(len(pool_workers(proc.pid, p.name)) == p.workers for p in pools.values()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = tmp / "php-fpm.log"
-                raise AssertionError(f"php-fpm did not start: {log.exists() and log.read_text()}")
-            time.sleep(0.05)
+def running_pools(tmp: Path, pools: dict[str, Pool]) -> Iterator[Fpm]:
+    """php-fpm on tmp/php-fpm.conf, once every pool has its workers; stopped
+    at once (SIGTERM), even if a failed test left a worker busy."""
+    counts = {p.name: p.workers for p in pools.values()}
+    with running_fpm(tmp / "php-fpm.conf", counts, graceful=False) as proc:
         yield Fpm(proc.pid, pools)
-    finally:
-        proc.terminate()  # immediate stop, even if a failed test left a worker busy
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def global_section(tmp: Path) -> str:
-    return f"[global]\npid = {tmp}/php-fpm.pid\nerror_log = {tmp}/php-fpm.log\ndaemonize = no\n"
 
 
 @pytest.fixture(scope="module")
 def fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fpm]:
     tmp = tmp_path_factory.mktemp("capacity")
-    with running_fpm(tmp, write_config(tmp)) as fpm:
+    with running_pools(tmp, write_config(tmp)) as fpm:
         yield fpm
 
 
@@ -201,17 +179,23 @@ def write_yaml(tmp: Path, text: str) -> str:
 
 def _holders(marks: Path, count: int, futures: list[Future]) -> list[int]:
     """PIDs of the workers holding, once `count` of them announced themselves."""
-    deadline = time.monotonic() + 20
-    while True:
+
+    def holders() -> list[int] | None:
         pids = sorted(int(p.name.removeprefix("held-")) for p in marks.glob("held-*"))
         if len(pids) == count:
             return pids
         for future in futures:
             if future.done():  # answered (or failed) before being released
                 raise AssertionError(f"hold request ended early: {future.result()!r}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(pids)} of {count} workers holding")
-        time.sleep(0.01)
+        return None
+
+    return wait_until(
+        f"{count} workers holding",
+        holders,
+        timeout=20,
+        interval=0.01,
+        detail=lambda: f"{len(list(marks.glob('held-*')))} of {count} workers holding",
+    )
 
 
 @contextmanager
@@ -419,7 +403,7 @@ def test_saturated_pools_do_not_hide_a_healthy_pools_status(tmp_path: Path) -> N
         )
     )
     config = write_yaml(tmp_path, "php_fpm: {status_timeout: 300ms}\n")
-    with running_fpm(tmp_path, pools), ExitStack() as stack:
+    with running_pools(tmp_path, pools), ExitStack() as stack:
         for name in names[:-1]:
             stack.enter_context(holding(pools[name], 1, 0, tmp_path))
         healthy = pools[names[-1]]
@@ -503,7 +487,7 @@ def status_relay(pool: Pool) -> Iterator[tuple[str, list[str]]]:
     FastCGI, as nginx would; yields its URL and the paths it was asked for."""
     asked: list[str] = []
 
-    class Relay(BaseHTTPRequestHandler):
+    class Relay(QuietHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
             query = urllib.parse.urlsplit(self.path).query
@@ -513,18 +497,8 @@ def status_relay(pool: Pool) -> Iterator[tuple[str, list[str]]]:
             self.end_headers()
             self.wfile.write(answer.body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
-    thread = Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/fpm-status", asked
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving_http(Relay) as url:
+        yield f"{url}/fpm-status", asked
 
 
 def test_status_url_override_over_http(fpm: Fpm, tmp_path: Path) -> None:
@@ -552,7 +526,7 @@ def test_idle_ondemand_pool_is_reported_from_its_config(tmp_path: Path) -> None:
         global_section(tmp_path)
         + f"[{name}]\nlisten = {pool.listen}\npm = ondemand\npm.max_children = 3\n"
     )
-    with running_fpm(tmp_path, {name: pool}):
+    with running_pools(tmp_path, {name: pool}):
         s = exported()
     assert group_value(s, "pss_phpfpm_max_children", pool.group) == 3
     assert group_value(s, "pss_phpfpm_memory_limit_bytes", pool.group) == 128 * MIB

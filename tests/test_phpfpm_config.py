@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from fpm import global_section, running_fpm
 
 from exporter.grouping import fpm_role
 from exporter.phpfpm_config import (
@@ -366,11 +365,7 @@ def fpm_conf(tmp_path: Path) -> Path:
         d,
         {
             "php-fpm.conf": (
-                "[global]\n"
-                f"pid = {d}/php-fpm.pid\n"
-                f"error_log = {d}/php-fpm.log\n"
-                "daemonize = no\n"
-                "include = pool.d/*.conf\n"
+                global_section(d) + "include = pool.d/*.conf\n"
                 "; php-fpm keeps the current section: this goes to the last pool included\n"
                 "pm.max_requests = 250\n"
             ),
@@ -485,25 +480,9 @@ def worker_pools(master: int) -> set[str]:
 @pytest.fixture
 def fpm_master(fpm_conf: Path) -> Iterator[int]:
     """A running php-fpm on fpm_conf, once both pools have workers; its PID."""
-    log = fpm_conf.parent / "php-fpm.out"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            fpm_command(fpm_conf, "-F"), stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while worker_pools(proc.pid) != {STATIC_POOL, DYNAMIC_POOL}:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"php-fpm workers did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+    prefix = ("-p", str(fpm_conf.parent))
+    with running_fpm(fpm_conf, {STATIC_POOL: 1, DYNAMIC_POOL: 1}, args=prefix) as proc:
         yield proc.pid
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_running_master_pools_match_its_workers(fpm_conf: Path, fpm_master: int) -> None:

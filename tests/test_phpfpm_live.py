@@ -3,52 +3,21 @@ built-in config, checked against the workers' smaps_rollup summed by hand."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fpm import MASTER_TITLE, all_pids, cmdline, running_fpm, workers, write_static_config
 
-from conftest import free_port, group_value, parse_samples, require_binary, run_cli
-
-MASTER_TITLE = "php-fpm: master process"
+from conftest import group_value, parse_samples, run_cli
 
 
 @dataclass(frozen=True)
 class Fpm:
     master: int
     workers: dict[str, list[int]]  # pool name -> worker PIDs
-
-
-def cmdline(pid: int) -> str:
-    """The process title, or "" once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
-def ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
-
-
-def all_pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def pool_workers(master: int, pool: str) -> list[int]:
-    """Children of master titled 'php-fpm: pool POOL'."""
-    return [
-        pid for pid in all_pids() if ppid(pid) == master and cmdline(pid) == f"php-fpm: pool {pool}"
-    ]
 
 
 def rollup_kb(pid: int) -> dict[str, int]:
@@ -70,25 +39,6 @@ def pool_sums(pids: list[int]) -> dict[str, int]:
     }
 
 
-def write_config(tmp_path: Path, pools: dict[str, int]) -> Path:
-    conf = tmp_path / "php-fpm.conf"
-    text = (
-        "[global]\n"
-        f"pid = {tmp_path / 'php-fpm.pid'}\n"
-        f"error_log = {tmp_path / 'php-fpm.log'}\n"
-        "daemonize = no\n"
-    )
-    for name, children in pools.items():
-        text += (
-            f"\n[{name}]\n"
-            f"listen = 127.0.0.1:{free_port()}\n"
-            "pm = static\n"
-            f"pm.max_children = {children}\n"
-        )
-    conf.write_text(text)
-    return conf
-
-
 # Pool names unique to this run: another php-fpm on the machine may run pools
 # called alpha/beta, which would give our groups a disambiguating suffix.
 SUFFIX = uuid.uuid4().hex[:8]
@@ -97,35 +47,9 @@ POOLS = {f"alpha_{SUFFIX}": 3, f"beta_{SUFFIX}": 2}
 
 @pytest.fixture
 def fpm(tmp_path: Path) -> Iterator[Fpm]:
-    binary = require_binary("php-fpm8.2")
-    conf = write_config(tmp_path, POOLS)
-    output = tmp_path / "php-fpm.out"
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "-F", "-R", "-y", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            workers = {pool: pool_workers(proc.pid, pool) for pool in POOLS}
-            if all(len(workers[pool]) == n for pool, n in POOLS.items()):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                logs = [output, tmp_path / "php-fpm.log"]
-                text = "".join(p.read_text() for p in logs if p.exists())
-                raise AssertionError(f"php-fpm workers did not start: {workers}\n{text}")
-            time.sleep(0.05)
-        yield Fpm(proc.pid, workers)
-    finally:
-        proc.send_signal(signal.SIGQUIT)  # graceful stop: workers exit first
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_fpm(write_static_config(tmp_path, POOLS), POOLS) as proc:
+        found = workers(proc.pid)
+        yield Fpm(proc.pid, {pool: found[pool] for pool in POOLS})
 
 
 def masters_running() -> int:

@@ -180,16 +180,13 @@ def scrape(exp: Exporter) -> dict:
 
 def scrape_with_both_groups(exp: Exporter) -> dict:
     """The first scrape whose snapshot has both sleepers (the first one has)."""
-    found: list[dict] = []
 
-    def both() -> bool:
+    def both() -> dict | None:
         samples = scrape(exp)
         groups = {dict(labels).get("group") for name, labels in samples}
-        found[:] = [samples]
-        return {ROOT_GROUP, NOBODY_GROUP} <= groups
+        return samples if {ROOT_GROUP, NOBODY_GROUP} <= groups else None
 
-    wait_until("both sleeper groups on /metrics", both)
-    return found[0]
+    return wait_until("both sleeper groups on /metrics", both)
 
 
 def privilege(samples: dict, capability: str) -> float:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from conftest import ROOT, require_binary
+from conftest import ROOT, T, require_binary, stop
+from conftest import wait_until as wait
 
 WAIT = 15.0  # upper bound of every wait; never reached when things work
 EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
@@ -123,18 +124,9 @@ def https_get(
         conn.close()
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll check() (exceptions count as not yet) until true; fail naming what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def wait_until(what: str, check: Callable[[], T], timeout: float = WAIT) -> T:
+    """conftest.wait_until where a connection error (OSError) counts as not yet."""
+    return wait(what, check, timeout=timeout, ignore=(OSError,))
 
 
 @dataclass
@@ -173,9 +165,4 @@ def serving(
         wait_until("the exporter to serve", started, timeout=30)
         yield exporter
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

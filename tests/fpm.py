@@ -1,0 +1,113 @@
+"""php-fpm 8.2 for the tests: a master started on a config (optionally inside
+a cgroup), its workers per pool found by their process titles, and its stop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import free_port, require_binary, running, wait_until
+
+MASTER_TITLE = "php-fpm: master process"
+POOL_TITLE = "php-fpm: pool "
+
+
+def global_section(tmp: Path) -> str:
+    """A [global] section: pid file and error log (php-fpm.log) in tmp, no daemon."""
+    return f"[global]\npid = {tmp}/php-fpm.pid\nerror_log = {tmp}/php-fpm.log\ndaemonize = no\n"
+
+
+def write_static_config(tmp: Path, pools: Mapping[str, int]) -> Path:
+    """tmp/php-fpm.conf: global_section(tmp), then a static pool of pools[name]
+    workers on a free loopback port for each name."""
+    text = global_section(tmp)
+    for name, children in pools.items():
+        text += (
+            f"\n[{name}]\n"
+            f"listen = 127.0.0.1:{free_port()}\n"
+            "pm = static\n"
+            f"pm.max_children = {children}\n"
+        )
+    conf = tmp / "php-fpm.conf"
+    conf.write_text(text)
+    return conf
+
+
+def cmdline(pid: int) -> str:
+    """The process title, or "" once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def ppid(pid: int) -> int | None:
+    """The parent's PID, or None once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
+def all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def workers(master: int) -> dict[str, list[int]]:
+    """{pool: PIDs} of master's children titled 'php-fpm: pool POOL'."""
+    found: dict[str, list[int]] = {}
+    for pid in all_pids():
+        if ppid(pid) == master and (title := cmdline(pid)).startswith(POOL_TITLE):
+            found.setdefault(title.removeprefix(POOL_TITLE), []).append(pid)
+    return found
+
+
+def pool_workers(master: int, pool: str) -> list[int]:
+    """Children of master titled 'php-fpm: pool POOL'."""
+    return workers(master).get(pool, [])
+
+
+def logs(conf: Path) -> str:
+    """php-fpm's output and error log beside conf (see running_fpm and
+    global_section), for failure messages."""
+    paths = [conf.parent / "php-fpm.out", conf.parent / "php-fpm.log"]
+    return "".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+
+@contextmanager
+def running_fpm(
+    conf: Path,
+    pools: Mapping[str, int],
+    *,
+    args: Sequence[str] = (),
+    cgroup: Path | None = None,
+    graceful: bool = True,
+) -> Iterator[subprocess.Popen]:
+    """Run `php-fpm8.2 -F -R ARGS -y CONF` in the foreground, its output in
+    php-fpm.out beside conf; master and workers inside cgroup if given. Yield
+    the master once every pool has at least pools[pool] workers. On exit stop
+    it with SIGQUIT (graceful: the workers finish first) or, with
+    graceful=False, SIGTERM (at once, even if a worker is busy)."""
+    argv = [require_binary("php-fpm8.2"), "-F", "-R", *args, "-y", str(conf)]
+    if cgroup is not None:
+        # The shell joins the cgroup, then execs php-fpm: its workers are born inside.
+        argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *argv]
+    stop_signal = signal.SIGQUIT if graceful else signal.SIGTERM
+    with running(argv, conf.parent / "php-fpm.out", stop_signal=stop_signal) as proc:
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"php-fpm exited {proc.returncode}:\n{logs(conf)}")
+            found = workers(proc.pid)
+            return all(len(found.get(pool, [])) >= n for pool, n in pools.items())
+
+        wait_until(
+            f"php-fpm workers {dict(pools)}",
+            started,
+            detail=lambda: f"running: {workers(proc.pid)}\n{logs(conf)}",
+        )
+        yield proc
