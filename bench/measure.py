@@ -11,8 +11,12 @@ from typing import Any, TypeVar
 
 from exporter.collector import Collector
 from exporter.config import Config, build_config
-from exporter.metrics import render
+from exporter.metrics import OPENMETRICS, render
 from exporter.snapshot import READ
+
+# What the serve loop renders per collection when Prometheus scrapes: the
+# format it asks for (OpenMetrics), not every format.
+SCRAPED = (OPENMETRICS,)
 
 PF_KTHREAD = 0x00200000  # /proc/PID/stat field 9: kernel thread
 UNBOUNDED = {"budget": "24h", "large_rss": "1024TiB"}  # read everything, every cycle
@@ -150,7 +154,7 @@ def collect_cycle(collector: Collector, with_render: bool = False) -> Cycle:
     def cycle() -> int:
         snap = collector.collect()
         if with_render:
-            render(snap)
+            render(snap, SCRAPED)
         return snap.smaps_outcomes[READ]
 
     return cycle

@@ -22,8 +22,12 @@ import synthetic
 from exporter.collector import Collector
 from exporter.config import build_config
 from exporter.discovery import read_bytes
-from exporter.metrics import render
+from exporter.metrics import OPENMETRICS, render
 from exporter.procfs import parse_smaps
+
+# What the serve loop renders per collection when Prometheus scrapes: the
+# format it asks for (OpenMetrics), not every format.
+SCRAPED = (OPENMETRICS,)
 
 WARMUP = 3
 SAMPLES = 10  # VmRSS samples over the churn
@@ -48,7 +52,7 @@ def cycle(collector: Collector) -> int:
     """One collection and its rendering, as the serve loop does; returns
     the number of groups."""
     snap = collector.collect()
-    render(snap)
+    render(snap, SCRAPED)
     return len(snap.groups)
 
 

@@ -18,7 +18,7 @@ from .config import Config, ConfigError, load_config
 from .grouping import template_fields
 from .kmsg import KmsgWatcher
 from .loop import CollectionLoop
-from .metrics import render
+from .metrics import TEXT, render
 from .web import make_server
 from .webconfig import WebConfigError, WebConfigWatcher, load_web_config
 
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         _warn_cardinality(config)
         if args.command == "once":
             # One complete collection: no time budget to defer reads to a next cycle.
-            sys.stdout.buffer.write(render(_collector(args, _unbounded(config)).collect()).text)
+            snap = _collector(args, _unbounded(config)).collect()
+            sys.stdout.buffer.write(render(snap, (TEXT,)).text)
             return 0
         if args.command == "explain":
             forced = replace(config, accounting=replace(config.accounting, enabled=True))

@@ -33,16 +33,25 @@ def error_reason(exc: OSError) -> str:
     return PARSE  # e.g. EINVAL, EIO: the file exists but gave no usable bytes
 
 
+READ_SIZE = 65536
+
+
 def read_bytes(path: str) -> bytes:
-    """Read a whole (proc) file with raw syscalls: no buffering layers."""
+    """Read a whole (proc) file with raw syscalls: no buffering layers.
+
+    procfs and sysfs fill a read as far as the file goes, so a short first
+    read is the whole file: no second read() just to see EOF.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
+        chunk = os.read(fd, READ_SIZE)
+        if len(chunk) < READ_SIZE:
+            return chunk
+        chunks = [chunk]
+        while chunk:
+            chunk = os.read(fd, READ_SIZE)
             chunks.append(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 

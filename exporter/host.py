@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .accounting import Accounting, ProcessTotals, reconcile, used, used_procps3
 from .discovery import read_bytes
-from .procfs import ParseError, parse_key_values, parse_meminfo, parse_pressure, parse_zoneinfo
+from .procfs import ParseError, parse_meminfo, parse_pressure, parse_zoneinfo
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,20 @@ def _optional(path: str, parse):
         return None
 
 
+def vmstat_oom_kills(data: bytes) -> int | None:
+    """oom_kill from /proc/vmstat, found without parsing its 180 other lines."""
+    at = data.find(b"\noom_kill ")
+    return int(data[at + 10 : data.index(b"\n", at + 1)]) if at >= 0 else None
+
+
 def read_host(procfs: str) -> HostMemory:
     """The cheap host files, read every collection."""
     meminfo = _optional(f"{procfs}/meminfo", parse_meminfo)
     if meminfo is None:
         log.warning("cannot read %s/meminfo", procfs)
-    vmstat = _optional(f"{procfs}/vmstat", parse_key_values) or {}
     return HostMemory(
         meminfo or {},
-        vmstat.get("oom_kill"),
+        _optional(f"{procfs}/vmstat", vmstat_oom_kills),
         _optional(f"{procfs}/pressure/memory", parse_pressure),
     )
 

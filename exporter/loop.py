@@ -11,9 +11,11 @@ import threading
 import time
 
 from .collector import Collector
-from .metrics import Exposition, render
+from .metrics import FORMATS, Exposition, render
 
 log = logging.getLogger(__name__)
+
+FORMAT_MEMORY = 600.0  # seconds a scraped format keeps being rendered in advance
 
 
 class CollectionLoop:
@@ -21,6 +23,8 @@ class CollectionLoop:
         self.collector = collector
         self.interval = interval
         self.latest: Exposition | None = None  # replaced whole, never mutated
+        # When each format was last asked for: those are rendered in advance.
+        self._asked: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collection", daemon=True)
 
@@ -31,8 +35,19 @@ class CollectionLoop:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def asked(self, fmt: str) -> None:
+        """A scrape asked for fmt: render it with every snapshot from now on."""
+        self._asked[fmt] = time.monotonic()
+
+    def _formats(self) -> tuple[str, ...]:
+        """Formats scraped in the last FORMAT_MEMORY seconds; before any
+        scrape, all of them, so that the first scrape does not wait."""
+        now = time.monotonic()
+        recent = tuple(f for f, at in self._asked.items() if now - at < FORMAT_MEMORY)
+        return recent or FORMATS
+
     def run_once(self) -> Exposition:
-        self.latest = render(self.collector.collect())
+        self.latest = render(self.collector.collect(), self._formats())
         return self.latest
 
     def _run(self) -> None:

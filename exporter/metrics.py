@@ -377,31 +377,51 @@ class _Families:
         return self.families
 
 
-class Exposition:
-    """One snapshot's rendered /metrics bodies; the gzip forms are made on
-    the first request that accepts them, once."""
-
-    def __init__(self, snapshot: Snapshot, text: bytes, openmetrics: bytes) -> None:
-        self.snapshot, self.text, self.openmetrics = snapshot, text, openmetrics
-        self._gzipped: dict[bool, bytes] = {}
-        self._lock = threading.Lock()
-
-    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
-        plain = self.openmetrics if openmetrics else self.text
-        if not gzipped:
-            return plain
-        with self._lock:
-            if openmetrics not in self._gzipped:
-                self._gzipped[openmetrics] = gzip.compress(plain, 6)
-            return self._gzipped[openmetrics]
+TEXT, OPENMETRICS = "text", "openmetrics"
+FORMATS = (TEXT, OPENMETRICS)
 
 
-def render(snap: Snapshot) -> Exposition:
+def _families(snap: Snapshot) -> _Families:
     process = CollectorRegistry(auto_describe=False)
     # The exporter's own CPU, RSS and fds, taken at render time.
     ProcessCollector(registry=process)
     PlatformCollector(registry=process)
-    families = _Families(
+    return _Families(
         [*snapshot_families(snap), *pool_families(snap), *host_families(snap), *process.collect()]
     )
-    return Exposition(snap, generate_latest(families), generate_openmetrics(families))
+
+
+def _generate(families: _Families, fmt: str) -> bytes:
+    return generate_openmetrics(families) if fmt == OPENMETRICS else generate_latest(families)
+
+
+class Exposition:
+    """One snapshot's /metrics bodies. The formats scrapers ask for are
+    rendered with the snapshot, in the collection thread; another format (or
+    gzip) is made on the first request for it, once."""
+
+    def __init__(self, snapshot: Snapshot, bodies: dict[str, bytes]) -> None:
+        self.snapshot = snapshot
+        self._bodies = dict(bodies)
+        self._lock = threading.Lock()
+
+    @property
+    def text(self) -> bytes:
+        return self.body(TEXT)
+
+    def body(self, fmt: str, gzipped: bool = False) -> bytes:
+        key = fmt + ("+gzip" if gzipped else "")
+        with self._lock:
+            if key not in self._bodies:
+                plain = self._bodies.get(fmt)
+                if plain is None:
+                    plain = self._bodies[fmt] = _generate(_families(self.snapshot), fmt)
+                if gzipped:
+                    self._bodies[key] = gzip.compress(plain, 6)
+            return self._bodies[key]
+
+
+def render(snap: Snapshot, formats: tuple[str, ...] = FORMATS) -> Exposition:
+    """Build the families once and render the given formats from them."""
+    families = _families(snap)
+    return Exposition(snap, {fmt: _generate(families, fmt) for fmt in formats})

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import __version__
 from .loop import CollectionLoop
+from .metrics import OPENMETRICS, TEXT
 from .webconfig import Authenticator, WebConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
         accept = self.headers.get("Accept", "")
         gz = "gzip" in self.headers.get("Accept-Encoding", "")
         om = "application/openmetrics-text" in accept
-        body = exp.body(openmetrics=om, gzipped=gz)
-        self._send(200, OPENMETRICS_TYPE if om else TEXT_TYPE, body, gzipped=gz)
+        fmt = OPENMETRICS if om else TEXT
+        self.server.loop.asked(fmt)
+        self._send(200, OPENMETRICS_TYPE if om else TEXT_TYPE, exp.body(fmt, gz), gzipped=gz)
 
     def _send(
         self,
