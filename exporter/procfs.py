@@ -125,17 +125,6 @@ def parse_smaps(data: bytes) -> Memory:
     )
 
 
-def parse_statm(data: bytes) -> tuple[int, int, int]:
-    """Return (size, resident, shared) pages from /proc/PID/statm."""
-    fields = data.split()
-    if len(fields) < 3:
-        raise ParseError("statm: expected 7 fields")
-    try:
-        return int(fields[0]), int(fields[1]), int(fields[2])
-    except ValueError:
-        raise ParseError("statm: non-numeric field") from None
-
-
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
     """Split NUL-separated /proc/PID/cmdline into argv.
 

@@ -15,7 +15,6 @@ from exporter.procfs import (
     parse_meminfo,
     parse_smaps,
     parse_stat,
-    parse_statm,
 )
 
 from conftest import FIXTURES
@@ -168,7 +167,7 @@ def test_cmdline_empty() -> None:
     assert parse_cmdline(b"") == ()
 
 
-# --------------------------------------------------------- meminfo, statm
+# ---------------------------------------------------------------- meminfo
 
 
 def test_meminfo() -> None:
@@ -191,13 +190,3 @@ def test_meminfo_huge_page_counts_stay_counts() -> None:
 def test_meminfo_malformed() -> None:
     with pytest.raises(ParseError):
         parse_meminfo(b"MemTotal:       lots kB\n")
-
-
-def test_statm() -> None:
-    assert parse_statm(fixture("statm")) == (765, 439, 411)
-
-
-@pytest.mark.parametrize("data", [b"765 439\n", b"765 x 411 5 0 123 0\n"])
-def test_statm_malformed(data: bytes) -> None:
-    with pytest.raises(ParseError):
-        parse_statm(data)
