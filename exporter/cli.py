@@ -107,8 +107,10 @@ def _check_procfs(procfs: str) -> None:
         raise UsageError(f"--path.procfs: {procfs} is not a procfs (no meminfo)")
 
 
-def _collector(args: argparse.Namespace, config: Config) -> Collector:
-    return Collector(config, args.procfs, sysfs=args.sysfs)
+def _collector(
+    args: argparse.Namespace, config: Config, kmsg: KmsgWatcher | None = None
+) -> Collector:
+    return Collector(config, args.procfs, sysfs=args.sysfs, kmsg=kmsg)
 
 
 def _unbounded(config: Config) -> Config:
@@ -124,8 +126,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     kmsg = KmsgWatcher() if config.kmsg.enabled else None
     if kmsg is not None:
         kmsg.start()  # logs one line and reports source_up 0 when not permitted
-    collector = Collector(config, args.procfs, sysfs=args.sysfs, kmsg=kmsg)
-    loop = CollectionLoop(collector, config.collection.interval)
+    loop = CollectionLoop(_collector(args, config, kmsg), config.collection.interval)
     try:
         server = make_server(args.listen, loop, web)
     except ValueError as exc:
@@ -134,11 +135,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(
             f"--web.listen-address: cannot listen on {args.listen}: {exc.strerror}"
         ) from None
-    stopping = threading.Event()
 
     def _shutdown(signum: int, _frame: object) -> None:
         log.info("received signal %d, shutting down", signum)
-        stopping.set()
+        # shutdown() waits for serve_forever(), which runs in this thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _shutdown)
@@ -174,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         _check_procfs(args.procfs)
         _warn_cardinality(config)
         if args.command == "once":
-            # One complete collection: no time budget to defer reads to a next cycle.
             snap = _collector(args, _unbounded(config)).collect()
             sys.stdout.buffer.write(render(snap, (TEXT,)).text)
             return 0
