@@ -69,9 +69,10 @@ def test_pools_grouped_with_hand_summed_smaps_rollup(fpm: Fpm) -> None:
         return {pool: pool_sums(pids) for pool, pids in fpm.workers.items()}, masters_running()
 
     before, masters_before = hand_read()
+    master_before = rollup_kb(fpm.master)["Pss"] * 1024
     result = run_cli("once")
     after, masters_after = hand_read()
-    master_pss = rollup_kb(fpm.master)["Pss"] * 1024
+    master_after = rollup_kb(fpm.master)["Pss"] * 1024
     assert result.returncode == 0, result.stderr
     s = parse_samples(result.stdout)
 
@@ -89,5 +90,10 @@ def test_pools_grouped_with_hand_summed_smaps_rollup(fpm: Fpm) -> None:
     # and, being a master, is no worker.
     masters = group_value(s, "pss_group_processes", "php-fpm:master")
     assert between(masters, masters_before, masters_after)
-    assert group_value(s, "pss_group_pss_bytes", "php-fpm:master") >= 0.99 * master_pss
+    # The master's PSS is read while the exporter itself runs: the exporter maps
+    # libc, libssl and libcrypto too, so the master's share of those pages is
+    # smaller then than in the hand reads (5% here with no other php-fpm on the
+    # machine). The workers' private pages dominate theirs; the master's do not.
+    master_pss = group_value(s, "pss_group_pss_bytes", "php-fpm:master")
+    assert master_pss >= 0.9 * min(master_before, master_after), (master_before, master_after)
     assert group_value(s, "pss_group_worker_pss_bytes_count", "php-fpm:master") == 0
