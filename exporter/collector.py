@@ -499,7 +499,7 @@ class Collector:
             for kill in self._kmsg.drain():
                 seen = self._recent.get(kill.pid)
                 if seen is None:
-                    log.info("OOM kill of %d (%s): not a grouped process", kill.pid, kill.comm)
+                    log.info("OOM kill of %d (%r): not a grouped process", kill.pid, kill.comm)
                     continue
                 self._kmsg_kills[seen[0]] = self._kmsg_kills.get(seen[0], 0) + 1
             self._recent = {

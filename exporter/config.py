@@ -201,8 +201,9 @@ def _php_fpm(fpm: _Section) -> PhpFpmConfig:
         raise fpm.error("reserve", f"must be a ratio from 0 to below 1, got {reserve!r}")
     pools_section = fpm.sub("pools")
     pools = {}
-    for name in pools_section.data:
-        pool = pools_section.sub(str(name))
+    for name, data in pools_section.data.items():
+        # YAML may read a pool name as a number or a boolean (8080:, yes:).
+        pool = _Section(fpm.source, pools_section.key(str(name)), data)
         pool.reject_unknown({"status", "max_children"})
         status = pool.data.get("status")
         if status is not None and (

@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Union
 
+from .phpfpm_config import RootedFiles
+
 VERSION = 1
-BEGIN_REQUEST, ABORT_REQUEST, END_REQUEST = 1, 2, 3
+BEGIN_REQUEST, END_REQUEST = 1, 3
 PARAMS, STDIN, STDOUT, STDERR = 4, 5, 6, 7
-GET_VALUES, GET_VALUES_RESULT, UNKNOWN_TYPE = 9, 10, 11
 RESPONDER = 1
 REQUEST_COMPLETE = 0  # END_REQUEST protocolStatus; 1 CANT_MPX_CONN, 2 OVERLOADED, 3 UNKNOWN_ROLE
 
@@ -101,13 +102,15 @@ def request(
 ) -> Response:
     """GET script_name?query from the FastCGI server at `listen`.
 
-    `root` prefixes a unix socket's path (e.g. "/proc/PID/root" to reach a
-    socket in a container's mount namespace). Raises ValueError for a bad
+    `root` is where a unix socket's path is resolved (e.g. "/proc/PID/root"
+    to reach a socket in a container's mount namespace; its symlinks are
+    followed inside that root, never out to the host). A host name is
+    resolved before the deadline starts. Raises ValueError for a bad
     `listen` and FastCGIError for everything that goes wrong on the wire.
     """
     family, address = parse_address(listen)
     if family == socket.AF_UNIX:
-        address = root.rstrip("/") + str(address)
+        address = RootedFiles(root).resolve(str(address))
     payload = _encode_request(_params(script_name, query))
     deadline = time.monotonic() + timeout
     try:

@@ -16,17 +16,8 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 NO_VALUE = "<no value>"  # what Go's text/template prints for a missing map key
 
-# Template fields process-exporter offers, and whether each needs argv.
-TEMPLATE_FIELDS = {
-    "Comm": False,
-    "ExeBase": True,
-    "ExeFull": True,
-    "Username": False,
-    "Cgroups": False,
-    "Cwd": False,
-    "PID": False,
-    "StartTime": False,
-}
+# Template fields process-exporter offers.
+TEMPLATE_FIELDS = ("Comm", "ExeBase", "ExeFull", "Username", "Cgroups", "Cwd", "PID", "StartTime")
 
 
 class ProcessView(Protocol):
@@ -176,6 +167,11 @@ def translate_go_regex(pattern: str) -> str:
             i += 2
             continue
         if in_class:
+            if pattern.startswith("[:^", i):
+                raise ValueError(
+                    f"invalid regex {pattern!r}: negated POSIX classes ([[:^alpha:]]) are not "
+                    "supported; use [^[:alpha:]]"
+                )
             if c == "[" and pattern[i + 1 : i + 2] == ":":
                 end = pattern.find(":]", i + 2)
                 posix = _POSIX_CLASSES.get(pattern[i : end + 2]) if end > 0 else None
@@ -206,7 +202,7 @@ def compile_go_regex(pattern: str) -> re.Pattern[str]:
     """Compile a Go (RE2) regex with Python's re (see translate_go_regex)."""
     try:
         return re.compile(translate_go_regex(pattern))
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
         raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
 
 
@@ -241,7 +237,6 @@ class GroupRule:
                 m = regex.search(joined)
                 if m is None:
                     return None
-                matches[""] = m.group(0)
                 matches.update((k, v or "") for k, v in m.groupdict().items())
         return render_template(self.template, proc, matches)
 

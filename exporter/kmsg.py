@@ -57,7 +57,7 @@ _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 class OomKill(NamedTuple):
     pid: int
     comm: str
-    seq: int  # sequence number of the /dev/kmsg record; 0 for bare lines
+    seq: int  # sequence number of the /dev/kmsg record
 
 
 def _uint(text: str) -> int | None:
@@ -287,7 +287,7 @@ class KmsgWatcher:
     def _record(self, record: str) -> None:
         kills = self._tracker.feed(record)
         for kill in kills:
-            log.info("kernel log: OOM killed pid %d (%s)", kill.pid, kill.comm)
+            log.info("kernel log: OOM killed pid %d (%r)", kill.pid, kill.comm)
         if kills:
             with self._lock:
                 self._kills.extend(kills)

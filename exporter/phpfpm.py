@@ -196,8 +196,9 @@ class PhpFpmSource:
             if not conf.startswith("/"):  # started as `php-fpm -y CONF`: relative to its cwd
                 conf = posixpath.join(os.readlink(f"{self.procfs}/{pid}/cwd"), conf)
             return load_fpm_config(conf, root=f"{self.procfs}/{pid}/root")
-        except OSError as exc:
-            return self._failed(pid, FpmConfigError(conf, f"cannot resolve: {exc.strerror}"))
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            return self._failed(pid, FpmConfigError(conf, f"cannot resolve: {reason}"))
         except FpmConfigError as exc:
             return self._failed(pid, exc)
 

@@ -61,6 +61,7 @@ import glob
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -285,7 +286,15 @@ class RootedFiles:
         return "/".join([self.root, *done])
 
     def read_text(self, path: str) -> str:
-        with open(self.resolve(path), "rb") as f:
+        # A config in a container is the tenant's: a FIFO there must not hang
+        # the collection, and a link swapped in after resolve() is not followed.
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        if self.root:  # resolve() followed the links inside the root already
+            flags |= os.O_NOFOLLOW
+        fd = os.open(self.resolve(path), flags)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
             data = f.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", path)
@@ -311,8 +320,10 @@ class RootedFiles:
 def _read(files: ConfigFiles, path: str) -> str:
     try:
         return files.read_text(path)
-    except OSError as exc:
-        raise FpmConfigError(path, f"cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise FpmConfigError(
+            path, f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
 
 
 # ---------------------------------------------------------------- loading
@@ -376,8 +387,8 @@ def _included(walk: _Walk, entry: IniEntry, stack: tuple[str, ...]) -> list[str]
     pattern = posixpath.normpath(posixpath.join(walk.base, entry.value))
     try:
         matches = walk.files.glob(pattern)
-    except OSError as exc:
-        reason = f"include {pattern}: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:
+        reason = f"include {pattern}: {getattr(exc, 'strerror', None) or exc}"
         raise FpmConfigError(stack[-1], reason, entry.lineno) from None
     for path in matches:
         if path in stack:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import logging
 import os
@@ -24,6 +23,8 @@ from typing import Any
 
 import bcrypt
 import yaml
+
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,8 @@ HEADERS = (
 )
 
 
-class WebConfigError(Exception):
-    """Invalid web config: str() is the one-line message for the user."""
-
-    def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+class WebConfigError(ConfigError):
+    """Invalid web config: FILE: KEY: REASON, one line, as for the config."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,13 @@ def _mapping(data: Any, source: str, key: str, known: set[str]) -> dict:
     return data
 
 
+def _names(tls: dict, key: str, source: str) -> list[str]:
+    value = tls.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise WebConfigError(source, f"tls_server_config.{key}", "must be a list of names")
+    return value
+
+
 def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
     def path(key: str) -> str:
         value = tls.get(key)
@@ -114,7 +119,7 @@ def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
                 source, f"tls_server_config.{name}", f"{file}: {exc.strerror}"
             ) from None
     try:
-        ctx.load_cert_chain(cert, key)
+        ctx.load_cert_chain(cert, key, password=b"")  # encrypted key: an error, no prompt
     except (OSError, ssl.SSLError) as exc:
         raise WebConfigError(
             source,
@@ -123,7 +128,7 @@ def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
         ) from None
     files = [cert, key]
     auth = tls.get("client_auth_type", "NoClientCert")
-    if auth not in CLIENT_AUTH:
+    if not isinstance(auth, str) or auth not in CLIENT_AUTH:
         raise WebConfigError(
             source,
             "tls_server_config.client_auth_type",
@@ -147,7 +152,7 @@ def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
     versions = {}
     for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         name = tls.get(key, default)
-        if name not in TLS_VERSIONS:
+        if not isinstance(name, str) or name not in TLS_VERSIONS:
             raise WebConfigError(
                 source, f"tls_server_config.{key}", f"{name!r} (use {', '.join(TLS_VERSIONS)})"
             )
@@ -155,7 +160,7 @@ def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
     if versions["min_version"] > versions["max_version"]:
         raise WebConfigError(source, "tls_server_config.min_version", "above max_version")
     ctx.minimum_version, ctx.maximum_version = versions["min_version"], versions["max_version"]
-    suites = tls.get("cipher_suites")
+    suites = _names(tls, "cipher_suites", source)
     if suites:
         unknown = [s for s in suites if s not in CIPHER_SUITES]
         if unknown:
@@ -163,7 +168,7 @@ def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
                 source, "tls_server_config.cipher_suites", f"unknown suite {unknown[0]!r}"
             )
         ctx.set_ciphers(":".join(CIPHER_SUITES[s] for s in suites))
-    curves = tls.get("curve_preferences")
+    curves = _names(tls, "curve_preferences", source)
     if curves:
         if any(c not in CURVES for c in curves):
             raise WebConfigError(
@@ -218,6 +223,7 @@ def _is_bcrypt(text: str) -> bool:
         len(text) == 60
         and head[:4] in ("$2a$", "$2b$", "$2y$")
         and head[4:6].isdigit()
+        and 4 <= int(head[4:6]) <= 31
         and head[6] == "$"
         and set(rest) <= alphabet
     )
@@ -241,12 +247,6 @@ def _users(data: Any, source: str) -> dict[str, bytes]:
 _AUTH_CACHE_SIZE = 256
 
 
-@functools.cache
-def _dummy_hash() -> bytes:
-    """Checked for unknown users, so that timing does not reveal user names."""
-    return bcrypt.hashpw(b"pss-exporter", bcrypt.gensalt())
-
-
 class Authenticator:
     """Checks HTTP basic auth against a WebConfig's users, caching verdicts."""
 
@@ -257,7 +257,7 @@ class Authenticator:
     def allowed(self, config: WebConfig, authorization: str | None) -> bool:
         if not config.users:
             return True
-        if not authorization or not authorization.startswith("Basic "):
+        if not authorization or authorization[:6].lower() != "basic ":
             return False
         try:
             user, sep, password = base64.b64decode(authorization[6:], validate=True).partition(b":")
@@ -270,8 +270,13 @@ class Authenticator:
         with self._lock:
             verdict = self._cache.get(key)
         if verdict is None:
-            # An unknown user costs a bcrypt check too: no user enumeration by timing.
-            verdict = bcrypt.checkpw(password, hashed or _dummy_hash()) and hashed is not None
+            # An unknown user costs a check against a configured hash, so the
+            # time taken does not tell which user names exist.
+            probe = hashed or next(iter(config.users.values()))
+            try:
+                verdict = bcrypt.checkpw(password, probe) and hashed is not None
+            except ValueError:  # bcrypt >= 5 refuses passwords over 72 bytes
+                verdict = False
             with self._lock:
                 if len(self._cache) >= _AUTH_CACHE_SIZE:
                     self._cache.clear()

@@ -386,6 +386,13 @@ def test_ping_over_tcp_and_through_root_prefix(fpm: Fpm) -> None:
     # container's socket is reached under /proc/PID/root.
     response = request("/" + fpm.socket.name, "/ping", root=str(fpm.socket.parent) + "/")
     assert (response.status, response.body) == (200, b"pong")
+    # An absolute symlink in the root points into the root, not to the host.
+    link = fpm.socket.parent / "run" / "php.sock"
+    link.parent.mkdir(exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to("/" + fpm.socket.name)
+    response = request("/run/php.sock", "/ping", root=str(fpm.socket.parent))
+    assert (response.status, response.body) == (200, b"pong")
 
 
 def test_php_script_status_headers_stderr(fpm: Fpm) -> None:

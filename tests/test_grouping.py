@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import Config, build_config
+from exporter.config import Config, ConfigError, build_config
 from exporter.grouping import (
     FpmRole,
     compile_go_regex,
@@ -365,3 +365,24 @@ def test_fpm_pool_groups_two_masters_same_config_numbered_by_start_time() -> Non
         ("www", 200): "php-fpm:www#1",
         ("www", 100): "php-fpm:www#2",
     }
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("a{99999999999}", "too large"),
+        ("[[:^digit:]]+", "negated POSIX classes"),
+        ("(unclosed", r"missing \)"),
+    ],
+)
+def test_regexes_python_cannot_take_are_load_errors(pattern: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        compile_rule({"cmdline": [pattern]})
+
+
+def test_pool_overrides_keyed_by_numbers_or_booleans_are_kept() -> None:
+    # YAML reads `8080:` as an int and `yes:` as a bool.
+    config = build_config({"php_fpm": {"pools": {8080: {"max_children": 3}}}}, "test")
+    assert config.php_fpm.pools["8080"].max_children == 3
+    with pytest.raises(ConfigError, match=r"php_fpm\.pools\.True\.nope: unknown key"):
+        build_config({"php_fpm": {"pools": {True: {"nope": 1}}}}, "test")

@@ -4,6 +4,7 @@ the pool titles of its workers."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -494,3 +495,16 @@ def test_running_master_pools_match_its_workers(fpm_conf: Path, fpm_master: int)
     pools = load_fpm_config(role.name, root=f"/proc/{fpm_master}/root")
     assert set(pools) == worker_pools(fpm_master) == {STATIC_POOL, DYNAMIC_POOL}
     assert pools == load_fpm_config(str(fpm_conf))
+
+
+def test_a_fifo_or_a_nul_byte_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A tenant's config must not stall the collection: a FIFO where a file is
+    expected is refused at once, and a NUL byte in an include path is an error."""
+    (tmp_path / "pool.d").mkdir()
+    os.mkfifo(tmp_path / "pool.d" / "x.conf")
+    main = tmp_path / "php-fpm.conf"
+    main.write_text(f"[global]\ninclude={tmp_path}/pool.d/*.conf\n")
+    with pytest.raises(FpmConfigError, match=r"x\.conf: cannot read: not a regular file"):
+        load_fpm_config(str(main))
+    with pytest.raises(FpmConfigError, match="embedded null byte"):
+        load_fpm_config(str(main) + "\0x")
