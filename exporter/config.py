@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .fileio import read_regular
 from .grouping import GroupRule, compile_rule
 
 
@@ -279,20 +280,72 @@ def build_config(data: Any, source: str) -> Config:
     )
 
 
-def load_config(path: str | None) -> Config:
-    """Load the YAML file at path, or the built-in config when path is None."""
-    if path is None:
-        return build_config({}, "built-in config")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
+def _yaml_shape_error(text: bytes) -> tuple[str, str] | None:
+    """(where, reason) when a document nests too deep or grows too large once
+    its aliases are expanded; None when it is fit to load.
+
+    PyYAML's composer recurses once per level, and a 366-byte "billion laughs"
+    builds a value that anything walking it (a loop, an error message) would
+    expand to gigabytes. The event stream is flat, so it is checked first:
+    every alias counts the nodes of the value it names.
+    """
+    sizes: dict[str, int] = {}  # anchor -> expanded node count
+    frames: list[list[Any]] = [[None, 0]]  # open collections: [anchor, node count]
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        where = f"line {event.start_mark.line + 1}" if event.start_mark else ""
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(frames) > MAX_YAML_DEPTH:
+                return where, f"nested deeper than {MAX_YAML_DEPTH} levels"
+            frames.append([event.anchor, 1])
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, count = frames.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, count = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:  # undefined, or inside its own value
+                return where, f"alias *{event.anchor} names no complete value before it"
+            anchor, count = None, sizes[event.anchor]
+        else:  # stream and document boundaries
+            continue
+        if anchor is not None:
+            sizes[anchor] = count
+        frames[-1][1] += count
+        if frames[-1][1] > MAX_YAML_NODES:
+            return where, f"more than {MAX_YAML_NODES} values once aliases are expanded"
+    return None
+
+
+def load_yaml(path: str) -> Any:
+    """The YAML document in the file at path, read within MAX_CONFIG_BYTES and
+    checked by _yaml_shape_error first; every problem is a ConfigError."""
     try:
-        with open(path, "rb") as fh:
-            text = fh.read()
+        text = read_regular(path, MAX_CONFIG_BYTES)
     except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(path, "", "cannot read: the path has a NUL byte") from None
     try:
-        data = yaml.safe_load(text)
+        shape = _yaml_shape_error(text)
+        if shape:
+            raise ConfigError(path, *shape)
+        return yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(path, where, f"YAML syntax error: {problem}") from None
-    return build_config(data, path)
+    except ValueError:  # an integer past Python's 4,300-digit conversion limit
+        raise ConfigError(path, "", "a number too long to read") from None
+
+
+def load_config(path: str | None) -> Config:
+    """Load the YAML file at path, or the built-in config when path is None."""
+    if path is None:
+        return build_config({}, "built-in config")
+    return build_config(load_yaml(path), path)

@@ -61,9 +61,10 @@ import glob
 import os
 import posixpath
 import re
-import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
+
+from .fileio import read_regular
 
 MAX_INCLUDE_DEPTH = 5  # files nested, the main one included: php-fpm's limit
 MAX_FILES = 10_000  # per load: a shared host may run thousands of pools
@@ -286,18 +287,9 @@ class RootedFiles:
         return "/".join([self.root, *done])
 
     def read_text(self, path: str) -> str:
-        # A config in a container is the tenant's: a FIFO there must not hang
-        # the collection, and a link swapped in after resolve() is not followed.
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        if self.root:  # resolve() followed the links inside the root already
-            flags |= os.O_NOFOLLOW
-        fd = os.open(self.resolve(path), flags)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            data = f.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", path)
+        # resolve() followed the links inside the root already: a link swapped
+        # in after it is not followed.
+        data = read_regular(self.resolve(path), MAX_FILE_BYTES, nofollow=bool(self.root))
         return data.decode("utf-8", "surrogateescape")
 
     def glob(self, pattern: str) -> list[str]:
