@@ -204,6 +204,25 @@ def serving_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         thread.join(10)
 
 
+@contextmanager
+def serving_exporter(loop: object, web: object | None = None, **knobs: float) -> Iterator[int]:
+    """The exporter's own web server (make_server) for loop, in this process,
+    on a free loopback port; yields the port. In-process so that a test can
+    hold the collection, break the loop or shorten a deadline."""
+    from exporter.web import make_server
+    from exporter.webconfig import WebConfigWatcher
+
+    server = make_server("127.0.0.1:0", loop, web or WebConfigWatcher(None), **knobs)
+    thread = Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 def require_binary(name: str) -> str:
     """Path of a system binary the test needs; fail loudly if missing (CI
     installs it via tests/run.sh), skip only outside CI."""

@@ -3,12 +3,11 @@ and serving the previous snapshot while a collection is stuck on /proc."""
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import gzip
 import http.client
-import os
 import socket
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
@@ -22,8 +21,19 @@ from prometheus_client.openmetrics.parser import (
 )
 
 import exporter
+from exporter.collector import Collector
+from exporter.config import build_config
+from exporter.loop import CollectionLoop
+from exporter.snapshot import Snapshot
 
-from conftest import group_value, http_get, parse_samples, running_exporter, wait_until
+from conftest import (
+    group_value,
+    http_get,
+    parse_samples,
+    running_exporter,
+    serving_exporter,
+    wait_until,
+)
 
 KIB = 1024
 INTERVAL = "200ms"
@@ -212,6 +222,81 @@ def test_metrics_gzip(
     assert group_value(samples, "pss_group_pss_bytes", "beta") == 300 * KIB
 
 
+# Prometheus 2.x's Accept header, and one as Prometheus 3 sends with its
+# default scrape_protocols (weights descending, */* last).
+PROMETHEUS_2_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+PROMETHEUS_3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        (PROMETHEUS_2_ACCEPT, True),
+        (PROMETHEUS_3_ACCEPT, True),
+        ("application/openmetrics-text;version=1.0.0;q=0", False),  # q=0: not acceptable
+        ("application/openmetrics-text;q=0, */*", False),
+        ("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;version=1.0.0;q=0.5", False),
+        ("text/plain;version=0.0.4;q=0.5, application/openmetrics-text;q=0.6", True),
+        ("application/*", True),
+        ("*/*", False),  # only a wildcard: text, which every scraper reads
+        ("text/plain, application/openmetrics-text", True),  # a tie: OpenMetrics, as named
+        ("application/openmetrics-text;version=0.0.1", False),  # a version not offered
+        ("APPLICATION/OpenMetrics-Text; Version=1.0.0", True),  # case-insensitive
+        ("application/openmetrics-text;q=high, text/plain;q=0.1", False),  # malformed q
+    ],
+)
+def test_metrics_format_follows_accept_weights(
+    fixture_url: str, accept: str, openmetrics: bool
+) -> None:
+    """RFC 9110 12.5.1: the highest q among what is offered; q=0 excludes. A
+    substring match served OpenMetrics to a q=0 and text to application/*."""
+    status, headers, body = http_get(fixture_url + "/metrics", {"Accept": accept})
+    assert status == 200
+    if openmetrics:
+        assert headers["Content-Type"].startswith(OPENMETRICS_ACCEPT)
+        samples = openmetrics_samples(body.decode())
+    else:
+        assert headers["Content-Type"].startswith(TEXT_TYPE)
+        samples = parse_samples(body.decode())
+    assert group_value(samples, "pss_group_pss_bytes", "alpha") == 600 * KIB
+    assert headers["Vary"] == "Accept, Accept-Encoding"
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip;q=0", False),  # q=0: not acceptable
+        ("nogzip-please", False),  # a token is matched whole
+        ("x-gzip", True),  # RFC 9110 8.4.1.3: the same as gzip
+        ("GZIP", True),
+        ("*", True),
+        ("identity;q=0, *", True),
+        ("gzip;q=0.5, identity", False),  # identity is preferred
+        ("br, deflate", False),
+        ("deflate, gzip;q=1.0", True),
+        ("", False),  # empty: no content coding wanted
+    ],
+)
+def test_metrics_gzip_follows_accept_encoding_weights(
+    fixture_url: str, accept_encoding: str, gzipped: bool
+) -> None:
+    """RFC 9110 12.5.3. A substring match gzipped for gzip;q=0 and for
+    nogzip-please, and not for x-gzip or *."""
+    status, headers, body = http_get(fixture_url + "/metrics", {"Accept-Encoding": accept_encoding})
+    assert status == 200
+    assert headers.get("Content-Encoding") == ("gzip" if gzipped else None)
+    text = gzip.decompress(body) if gzipped else body
+    assert group_value(parse_samples(text.decode()), "pss_group_pss_bytes", "beta") == 300 * KIB
+
+
 # -------------------------------------------------------------- other paths
 
 
@@ -252,52 +337,72 @@ def test_head_has_headers_and_no_body(fixture_url: str, path: str, content_type:
     assert int(fields["Content-Length"]) > 0
 
 
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("http://{netloc}/metrics", b"pss_group_pss_bytes{"),
+        ("HTTP://example.org/metrics?x=1", b"pss_group_pss_bytes{"),
+        ("https://example.org/healthz", b"OK\n"),
+        ("http://example.org", b"<html"),  # an empty path is /
+    ],
+)
+def test_absolute_form_targets_are_served(fixture_url: str, target: str, expected: bytes) -> None:
+    """RFC 9112 3.2.2: a server must accept the absolute form (as sent to a
+    proxy); it was a 404."""
+    netloc = urlsplit(fixture_url).netloc
+    raw = raw_response(fixture_url, "GET", target.format(netloc=netloc))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0] == b"HTTP/1.1 200 OK"
+    assert expected in body
+
+
+def test_a_request_body_is_not_taken_for_a_request(fixture_url: str) -> None:
+    """Bodies are never read: on a kept-alive connection, the bytes of one
+    were parsed as the next request. The connection now closes after it."""
+    parts = urlsplit(fixture_url)
+    inner = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    outer = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(outer + inner)
+        chunks = []
+        with contextlib.suppress(TimeoutError):  # (a server that keeps it open)
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    raw = b"".join(chunks)
+    assert raw.startswith(b"HTTP/1.1 405 ")
+    assert b"Connection: close\r\n" in raw
+    assert raw.count(b"HTTP/1.1 ") == 1 and b"pss_group" not in raw
+
+
 # ---------------------------------------------------------- slow collection
 
 
-def open_fifo_writer(path: Path) -> int:
-    """Open a FIFO for writing once its reader waits; never blocks."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+class HeldCollector(Collector):
+    """A real Collector whose collections wait while held: a collection
+    stuck on /proc (nothing in /proc can hold one any more, by design)."""
 
+    def __init__(self, procfs: Path) -> None:
+        super().__init__(build_config({"collection": {"interval": INTERVAL}}, "test"), str(procfs))
+        self.free = threading.Event()
+        self.free.set()
 
-def release_fifo(path: Path, content: bytes) -> None:
-    """Hand the blocked reader of FIFO path its content and put a regular file
-    with the same content in its place, so later collections read a file."""
-    fd = open_fifo_writer(path)
-    try:
-        replacement = path.with_name(path.name + ".new")
-        replacement.write_bytes(content)
-        os.replace(replacement, path)
-        os.write(fd, content)
-    finally:
-        os.close(fd)
-
-
-def install_fifo(procfs: Path, pid: int) -> Path:
-    """Make PID's smaps_rollup a FIFO: collections block opening it."""
-    rollup = procfs / str(pid) / "smaps_rollup"
-    fifo = rollup.with_name("smaps_rollup.fifo")
-    os.mkfifo(fifo)
-    os.replace(fifo, rollup)  # atomic: no collection sees the file missing
-    return rollup
+    def collect(self) -> Snapshot:
+        self.free.wait()
+        return super().collect()
 
 
 @contextmanager
-def stuck_rollup(procfs: Path, pid: int, then_pss_kb: int) -> Iterator[None]:
-    """Collections block on PID's smaps_rollup inside the with-block; on
-    leaving it, the blocked read gets a rollup with Pss then_pss_kb."""
-    rollup = install_fifo(procfs, pid)
+def loop_serving(collector: HeldCollector) -> Iterator[str]:
+    """The collection loop over collector, started, and the exporter's web
+    server for it; yields its base URL."""
+    loop = CollectionLoop(collector, collector.config.collection.interval)
+    loop.start()
     try:
-        yield
+        with serving_exporter(loop) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
-        release_fifo(rollup, smaps_rollup(then_pss_kb))
+        collector.free.set()
+        loop.stop()
 
 
 def alpha_pss(url: str) -> float:
@@ -306,20 +411,23 @@ def alpha_pss(url: str) -> float:
 
 def test_stuck_collection_serves_previous_snapshot_and_turns_unhealthy(tmp_path: Path) -> None:
     procfs = build_procfs(tmp_path / "proc")
-    config = write_config(tmp_path / "config.yaml")
-    with running_exporter(f"--path.procfs={procfs}", f"--config={config}") as url:
+    collector = HeldCollector(procfs)
+    with loop_serving(collector) as url:
+        wait_until("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
         assert alpha_pss(url) == 600 * KIB
-        with stuck_rollup(procfs, 100, then_pss_kb=900):
-            wait_until("/healthz to turn 503", lambda: status_of(url + "/healthz") == 503)
-            # The collection is stuck: scrapes still answer, from the old snapshot.
-            first = http_get(url + "/metrics", timeout=2)
-            second = http_get(url + "/metrics", timeout=2)
-            assert first[0] == second[0] == 200
-            assert first[2] == second[2]  # no new snapshot was published meanwhile
-            samples = parse_samples(first[2].decode())
-            assert group_value(samples, "pss_group_pss_bytes", "alpha") == 600 * KIB
-            assert group_value(samples, "pss_group_pss_bytes", "beta") == 300 * KIB
+        collector.free.clear()
+        (procfs / "100" / "smaps_rollup").write_bytes(smaps_rollup(900))
+        wait_until("/healthz to turn 503", lambda: status_of(url + "/healthz") == 503)
+        # The collection is stuck: scrapes still answer, from the old snapshot.
+        first = http_get(url + "/metrics", timeout=2)
+        second = http_get(url + "/metrics", timeout=2)
+        assert first[0] == second[0] == 200
+        assert first[2] == second[2]  # no new snapshot was published meanwhile
+        samples = parse_samples(first[2].decode())
+        assert group_value(samples, "pss_group_pss_bytes", "alpha") == 600 * KIB
+        assert group_value(samples, "pss_group_pss_bytes", "beta") == 300 * KIB
 
+        collector.free.set()
         wait_until("the new Pss on /metrics", lambda: alpha_pss(url) == 900 * KIB)
         wait_until("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
         assert group_value(metrics_samples(url), "pss_group_pss_bytes", "beta") == 300 * KIB
@@ -327,15 +435,13 @@ def test_stuck_collection_serves_previous_snapshot_and_turns_unhealthy(tmp_path:
 
 def test_no_snapshot_yet_is_503_at_once(tmp_path: Path) -> None:
     procfs = build_procfs(tmp_path / "proc")
-    config = write_config(tmp_path / "config.yaml")
-    rollup = install_fifo(procfs, 200)  # the first collection blocks
-    args = (f"--path.procfs={procfs}", f"--config={config}")
-    with running_exporter(*args, ready=False) as url:
-        try:
-            assert http_get(url + "/healthz", timeout=2)[0] == 503
-            assert http_get(url + "/metrics", timeout=2)[0] == 503
-            assert status_of(url + "/") == 200
-        finally:
-            release_fifo(rollup, smaps_rollup(700))
+    collector = HeldCollector(procfs)
+    collector.free.clear()  # the first collection waits
+    with loop_serving(collector) as url:
+        assert http_get(url + "/healthz", timeout=2)[0] == 503
+        assert http_get(url + "/metrics", timeout=2)[0] == 503
+        assert status_of(url + "/") == 200
+        (procfs / "200" / "smaps_rollup").write_bytes(smaps_rollup(700))
+        collector.free.set()
         wait_until("/healthz to turn 200", lambda: status_of(url + "/healthz") == 200)
         assert group_value(metrics_samples(url), "pss_group_pss_bytes", "beta") == 700 * KIB

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from web_certs import (
     serving,
     wait_until,
 )
+
+from exporter.web import FDS_RESERVED
 
 from conftest import (
     EXPORTER,
@@ -412,7 +415,73 @@ def invalid_configs(certs: Certs, tmp: Path) -> dict[str, tuple[str, str]]:
             "http_server_config:\n  headers:\n    X-Powered-By: pss\n",
             "http_server_config.headers.X-Powered-By: unknown key",
         ),
+        **hostile_configs(certs, tmp),
     }
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML flow sequence of a few hundred bytes that expands to 9**levels strings."""
+    items = ["&l0 [" + ",".join(["lol"] * 9) + "]"]
+    items += [f"&l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+def hostile_configs(certs: Certs, tmp: Path) -> dict[str, tuple[str, str]]:
+    """Valid YAML with values that escaped the checks (a crash, a hang, a
+    gigabyte message): case -> (web config YAML, the start of its error)."""
+    server = (certs.server.cert, certs.server.key)
+    alice = htpasswd_hash(PASSWORDS["alice"])
+    fifo = tmp / "fifo.pem"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    return {
+        "bcrypt-cost-in-non-ascii-digits": (
+            users_yaml({"alice": alice[:5] + "\u00b2" + alice[6:]}),  # $2b$1²$...
+            "basic_auth_users.alice: must be a bcrypt hash",
+        ),
+        "nul-byte-in-cert-file": (
+            tls_yaml('"cert\\0.pem"', certs.server.key),
+            "tls_server_config.cert_file: has a NUL byte",
+        ),
+        "nul-byte-in-client-ca-file": (
+            tls_yaml(*server, client_ca_file='"ca\\0.pem"'),
+            "tls_server_config.client_ca_file: has a NUL byte",
+        ),
+        "yaml-nested-600-deep": ("basic_auth_users: " + "[" * 600 + "]" * 600 + "\n", "line 1:"),
+        "alias-bomb": (
+            tls_yaml(*server, client_auth_type=alias_bomb(7)),
+            "line 4: more than 100000 values once aliases are expanded",
+        ),
+        "fifo-cert-file": (
+            tls_yaml(fifo, certs.server.key),
+            f"tls_server_config.cert_file: {fifo}: not a regular file",
+        ),
+        "fifo-key-file": (
+            tls_yaml(certs.server.cert, fifo),
+            f"tls_server_config.key_file: {fifo}: not a regular file",
+        ),
+        "fifo-client-ca-file": (
+            tls_yaml(*server, client_ca_file=str(fifo), client_auth_type="VerifyClientCertIfGiven"),
+            f"tls_server_config.client_ca_file: {fifo}: not a regular file",
+        ),
+        "header-with-crlf": (
+            'http_server_config:\n  headers:\n    X-Frame-Options: "deny\\r\\nX-Injected: 1"\n',
+            "http_server_config.headers.X-Frame-Options: must be printable ASCII text",
+        ),
+    }
+
+
+HOSTILE_CASES = (
+    "bcrypt-cost-in-non-ascii-digits",
+    "nul-byte-in-cert-file",
+    "nul-byte-in-client-ca-file",
+    "yaml-nested-600-deep",
+    "alias-bomb",
+    "fifo-cert-file",
+    "fifo-key-file",
+    "fifo-client-ca-file",
+    "header-with-crlf",
+)
 
 
 INVALID_CASES = (
@@ -429,6 +498,7 @@ INVALID_CASES = (
     "password-not-hashed",
     "truncated-bcrypt-hash",
     "unknown-header",
+    *HOSTILE_CASES,
 )
 
 
@@ -447,6 +517,39 @@ def test_invalid_web_config_fails_at_start_with_one_line(
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"pss-exporter: error: {web}: {names}"), result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES)
+def test_hostile_edit_keeps_the_previous_web_config(
+    tmp_path: Path, certs: Certs, case: str
+) -> None:
+    """Each of these edits killed the server on the next connection (or hung
+    it, or built a gigabyte message): now one log line, and alice's access
+    and nobody else's, as before."""
+    text, error = hostile_configs(certs, tmp_path)[case]
+    alice = basic("alice", PASSWORDS["alice"])
+    with ExitStack() as stack:
+        exp = start(
+            stack, tmp_path, users_yaml({"alice": htpasswd_hash("wonderland")}), None, alice
+        )
+        url = f"http://127.0.0.1:{exp.port}/metrics"
+        web = tmp_path / "web.yml"
+        replace_text(web, text)
+        # Any request may be the one that re-reads the file.
+        wait_until(
+            "the rejected edit in the log",
+            lambda: http_get(url, timeout=2)[0] == 401 and "keeping the previous" in exp.log(),
+        )
+        assert f"keeping the previous web config: {web}: {error}" in exp.log()
+        for _ in range(3):  # over a second: the server looked at the files again
+            assert http_get(url, alice, timeout=5)[0] == 200
+            assert http_get(url, timeout=5)[0] == 401
+            time.sleep(0.4)
+        assert exp.proc.poll() is None
+        log = exp.log()
+        assert log.count("keeping the previous web config") == 1, log
+        assert "Traceback" not in log
+        assert all(len(line) < 1000 for line in log.splitlines())
 
 
 def test_check_config_accepts_a_valid_web_config(tmp_path: Path, certs: Certs) -> None:
@@ -581,24 +684,87 @@ def test_too_many_headers_is_431(plain: Exporter) -> None:
 
 
 FD_LIMIT = 128  # RLIMIT_NOFILE, soft and hard: far below MAX_CONNECTIONS
+SLOTS = FD_LIMIT - FDS_RESERVED  # connection_limit() under it
 FLOOD = 200
 
 
-def test_connections_beyond_the_fd_limit_are_refused(tmp_path: Path) -> None:
+def limited(stack: ExitStack, tmp: Path) -> Exporter:
+    """A plain-HTTP exporter under FD_LIMIT descriptors: SLOTS connection slots."""
+    prlimit = (require_binary("prlimit"), f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--")
+    return start(stack, tmp, "{}\n", None, {}, prefix=prlimit)
+
+
+def test_connections_beyond_the_fd_limit_are_closed(tmp_path: Path) -> None:
     """The connection bound must hold under the process's file descriptor
     limit, or idle clients exhaust the descriptors: accept() then fails with
-    EMFILE (leaving the excess connections queued, unrefused) and collections
+    EMFILE (leaving the excess connections queued, unanswered) and collections
     fail to open /proc files."""
-    prlimit = (require_binary("prlimit"), f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--")
     with ExitStack() as stack:
-        exp = start(stack, tmp_path, "{}\n", None, {}, prefix=prlimit)
+        exp = limited(stack, tmp_path)
         with ExitStack() as connections:
             flood = [connections.enter_context(connect(exp.port)) for _ in range(FLOOD)]
-            # At most FD_LIMIT descriptors exist in the server: the rest must be refused.
+            # At most SLOTS are served: each one past it evicted the longest idle.
             wait_until(
-                f"at least {FLOOD - FD_LIMIT} of {FLOOD} connections refused",
-                lambda: sum(closed_by_server(s) for s in flood) >= FLOOD - FD_LIMIT,
-                timeout=5,  # a refusal is immediate: accept, no free slot, close
+                f"at least {FLOOD - SLOTS} of {FLOOD} connections closed",
+                lambda: sum(closed_by_server(s) for s in flood) >= FLOOD - SLOTS,
+                timeout=5,  # an eviction is immediate: accept, hang up the oldest, serve
             )
         assert "Too many open files" not in exp.log()
         assert_metrics_answer(exp.port)
+
+
+class SlotHolder:
+    """An attacker holding `count` connections, each sent `head` (nothing: idle);
+    it reconnects any the server closes."""
+
+    def __init__(self, stack: ExitStack, port: int, count: int, head: bytes = b"") -> None:
+        self.stack, self.port, self.head = stack, port, head
+        self.socks = [self._open() for _ in range(count)]
+
+    def _open(self) -> socket.socket:
+        sock = self.stack.enter_context(connect(self.port))
+        if self.head:
+            sock.sendall(self.head)
+        return sock
+
+    def reconnect(self) -> int:
+        """Replace the connections the server closed; how many there were."""
+        closed = [i for i, sock in enumerate(self.socks) if closed_by_server(sock)]
+        for i in closed:
+            self.socks[i] = self._open()
+        return len(closed)
+
+    def drip(self) -> None:
+        """One more byte of each request head."""
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"a")
+
+
+def test_idle_connections_holding_every_slot_do_not_lock_out_scrapes(tmp_path: Path) -> None:
+    """Idle connections filling the slots locked scrapes out for as long as
+    they reconnected: a new connection was refused when all were taken. It
+    now evicts the one idle longest, and the attacker's reconnections evict
+    each other."""
+    with ExitStack() as stack:
+        exp = limited(stack, tmp_path)
+        attacker = SlotHolder(stack, exp.port, SLOTS)
+        wait_until(f"{SLOTS} connection threads", lambda: server_threads(exp) > SLOTS)
+        for _ in range(5):
+            assert_metrics_answer(exp.port)
+            attacker.reconnect()
+        assert exp.proc.poll() is None
+
+
+def test_slow_request_heads_holding_every_slot_do_not_lock_out_scrapes(tmp_path: Path) -> None:
+    """Slowloris: a header byte now and then kept every slot, for ever (the
+    timeout was per read). The oldest incomplete head is evicted instead."""
+    head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    with ExitStack() as stack:
+        exp = limited(stack, tmp_path)
+        attacker = SlotHolder(stack, exp.port, SLOTS, head)
+        wait_until(f"{SLOTS} connection threads", lambda: server_threads(exp) > SLOTS)
+        for _ in range(3):
+            attacker.drip()
+            assert_metrics_answer(exp.port)
+            assert attacker.reconnect() >= 1  # the scrape took a slow one's slot
