@@ -11,14 +11,18 @@ ${name:percent}, ${name:human}, ${name:seconds} for the forms used in
 annotations and PromQL arguments. The output (default
 alerts/pss-exporter.rules.yml) is a rule file Prometheus loads as is.
 
-A knob's type is that of its default: a duration ("30m", "1d", "1h30m"), a
-size ("8MiB" or a number of bytes), a number, or a string. An unknown knob or a
-value of the wrong type is a one-line error and exit status 2.
+A knob's type is that of its default: a duration ("30m", "1d", "1h30m", at
+most 10 years), a size ("8MiB" or a number of bytes, at most 1 PiB), a number
+(0 to 2**53; a knob named *_ratio is a ratio, not a percentage: from 0 to 1,
+or to 10 for the growth and budget ratios in GROWTH_RATIOS),
+or a string. An unknown knob or a value of the wrong type or out of range is a
+one-line error and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -42,14 +46,29 @@ _UNIT_MS = {
     "s": 1000,
     "ms": 1,
 }
-_DURATION = re.compile("^" + "".join(rf"(?:(\d+){unit})?" for unit in _UNIT_MS) + "$")
+# Digits are bounded so that int() never meets Python's 4,300-digit limit.
+_DURATION = re.compile("^" + "".join(rf"(?:(\d{{1,15}}){unit})?" for unit in _UNIT_MS) + "$")
+MAX_DURATION_MS = 10 * _UNIT_MS["y"]
 _SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+MAX_SIZE = 1 << 50  # 1 PiB
+MAX_NUMBER = 2**53  # PromQL numbers are float64: integers up to here are exact
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)$")
 _PLACEHOLDER = re.compile(r"\$\{([a-z0-9_]+)(?::([a-z]+))?\}")
 
 
 class KnobError(Exception):
     """A knob file that cannot be used; the message names the file and key."""
+
+
+def shown(raw: object) -> str:
+    """raw as a message shows it: a scalar's repr cut to 40 characters, only the
+    kind of a collection (a YAML alias can name a value of millions of nodes)."""
+    if isinstance(raw, (list, dict, set)):
+        return f"a {type(raw).__name__}"
+    if isinstance(raw, int) and raw.bit_length() > 128:
+        return "an integer of more than 38 digits"
+    text = repr(raw[:41] if isinstance(raw, (str, bytes)) else raw)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -75,17 +94,21 @@ Value = Union[Duration, Size, int, float, str]
 
 
 def parse_duration(text: str) -> Duration | None:
+    """text as a Duration of at most MAX_DURATION_MS, or None."""
     match = _DURATION.match(text)
     if not match or not text:
         return None
-    return Duration(sum(int(n) * ms for n, ms in zip(match.groups(), _UNIT_MS.values()) if n))
+    ms = sum(int(n) * ms for n, ms in zip(match.groups(), _UNIT_MS.values()) if n)
+    return Duration(ms) if ms <= MAX_DURATION_MS else None
 
 
 def parse_size(raw: object) -> Size | None:
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
-        return Size(raw)
+    """raw (bytes, or a number and a unit) as a Size of at most MAX_SIZE, or None."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return Size(raw) if 0 <= raw <= MAX_SIZE else None
     match = _SIZE.match(raw) if isinstance(raw, str) else None
-    return Size(int(float(match[1]) * _SIZE_UNITS[match[2]])) if match else None
+    size = float(match[1]) * _SIZE_UNITS[match[2]] if match else math.inf  # inf: 400 digits
+    return Size(int(size)) if size <= MAX_SIZE else None
 
 
 def infer(raw: object) -> Value | None:
@@ -97,26 +120,48 @@ def infer(raw: object) -> Value | None:
     return None
 
 
+# Ratios of growth or of a budget may pass 1 (overcommitted_ratio 1.2: 20% over);
+# shares of a limit or of the host may not.
+GROWTH_RATIOS = {"drift_min_ratio", "leak_min_ratio", "overcommitted_ratio"}
+MAX_GROWTH_RATIO = 10
+
+
+def ratio_limit(key: str) -> float | None:
+    """The largest value a *_ratio knob may take, None for other knobs."""
+    if not key.endswith("_ratio"):
+        return None
+    return MAX_GROWTH_RATIO if key in GROWTH_RATIOS else 1
+
+
 def coerce(key: str, default: Value, raw: object) -> Value:
-    """raw as the type of default, or KnobError."""
+    """raw as the type of default, within its range, or KnobError."""
     if isinstance(default, Duration):
         value = parse_duration(raw) if isinstance(raw, str) else None
         if value is None:
-            raise KnobError(f"{key}: expected a duration like 30s, 10m, 1h30m, 1d, got {raw!r}")
+            raise KnobError(
+                f"{key}: expected a duration like 30s, 10m, 1h30m, 1d, at most 10y, "
+                f"got {shown(raw)}"
+            )
         if value.ms == 0 and not key.endswith("_for"):
             raise KnobError(f"{key}: must be longer than 0s")
         return value
     if isinstance(default, Size):
         value = parse_size(raw)
         if value is None:
-            raise KnobError(f"{key}: expected a size like 8MiB or a number of bytes, got {raw!r}")
+            raise KnobError(
+                f"{key}: expected a size like 8MiB or a number of bytes, at most 1PiB, "
+                f"got {shown(raw)}"
+            )
         return value
     if isinstance(default, (int, float)):
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
-            raise KnobError(f"{key}: expected a number >= 0, got {raw!r}")
+        # A ratio written as a percentage (85 meant as 85%) makes an alert that never fires.
+        top = ratio_limit(key) or MAX_NUMBER
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= top:
+            what = f"{top:g} (a ratio, not a percentage)" if top != MAX_NUMBER else str(MAX_NUMBER)
+            raise KnobError(f"{key}: expected a number from 0 to {what}, got {shown(raw)}")
         return raw
     if not isinstance(raw, str) or "\n" in raw or "'" in raw:
-        raise KnobError(f"{key}: expected a one-line string without ', got {raw!r}")
+        raise KnobError(f"{key}: expected a one-line string without ', got {shown(raw)}")
     return raw
 
 
@@ -127,6 +172,10 @@ def read_yaml(path: Path) -> dict[str, object]:
         raise KnobError(f"cannot read: {err.strerror}") from err
     except yaml.YAMLError as err:
         raise KnobError(f"invalid YAML: {' '.join(str(err).split())}") from err
+    except RecursionError:  # PyYAML recurses once per level of nesting
+        raise KnobError("invalid YAML: nested too deep") from None
+    except ValueError as err:  # an integer past Python's 4,300-digit limit, 2001-13-45
+        raise KnobError(f"invalid YAML: {' '.join(str(err).split())[:100]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -137,16 +186,19 @@ def read_yaml(path: Path) -> dict[str, object]:
 def load_knobs(overrides: list[Path]) -> dict[str, Value]:
     """The defaults, overridden by each file in turn; raises KnobError naming the file."""
     knobs: dict[str, Value] = {}
-    for key, raw in read_yaml(DEFAULTS).items():
-        value = infer(raw)
-        if value is None:
-            raise KnobError(f"{DEFAULTS}: {key}: unsupported default {raw!r}")
-        knobs[key] = value
+    try:
+        for key, raw in read_yaml(DEFAULTS).items():
+            value = infer(raw)
+            if value is None:
+                raise KnobError(f"{key}: unsupported default {shown(raw)}")
+            knobs[key] = coerce(key, value, raw)  # the defaults obey the same ranges
+    except KnobError as err:
+        raise KnobError(f"{DEFAULTS}: {err}") from None
     for path in overrides:
         try:
             for key, raw in read_yaml(path).items():
                 if key not in knobs:
-                    raise KnobError(f"unknown knob {key!r} (known: see {DEFAULTS.name})")
+                    raise KnobError(f"unknown knob {shown(key)} (known: see {DEFAULTS.name})")
                 knobs[key] = coerce(key, knobs[key], raw)
         except KnobError as err:
             raise KnobError(f"{path}: {err}") from None

@@ -19,12 +19,23 @@ from .grouping import template_fields
 from .kmsg import KmsgWatcher
 from .loop import CollectionLoop
 from .metrics import TEXT, render
-from .web import make_server
+from .web import make_server, parse_listen_address
 from .webconfig import WebConfigError, WebConfigWatcher, load_web_config
 
 log = logging.getLogger("pss-exporter")
 
-COMMANDS = ("serve", "once", "check-config", "top", "explain")
+_COLLECTING = ("config", "procfs", "sysfs", "log_level")
+# The flags (by dest) each command takes; any other flag it is given is a usage
+# error rather than silently ignored. check-config takes serve's, to check them.
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "serve": (*_COLLECTING, "listen", "web_config"),
+    "once": _COLLECTING,
+    "check-config": (*_COLLECTING, "listen", "web_config"),
+    "top": (*_COLLECTING, "once"),
+    "explain": (*_COLLECTING, "json"),
+}
+COMMANDS = tuple(COMMAND_FLAGS)
+_UNSET = object()  # what a flag holds after parsing when it was not given
 
 
 class UsageError(Exception):
@@ -34,6 +45,23 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, then refuse the flags that were given but the command does
+        not take, and give the others their defaults."""
+        flags = [a for a in self._actions if a.option_strings and a.default != argparse.SUPPRESS]
+        namespace = argparse.Namespace() if namespace is None else namespace
+        for action in flags:  # argparse leaves a present attribute alone
+            vars(namespace).setdefault(action.dest, _UNSET)
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in flags:
+            if getattr(parsed, action.dest) is _UNSET:
+                setattr(parsed, action.dest, action.default)
+            elif action.dest not in COMMAND_FLAGS[parsed.command]:
+                self.error(f"{parsed.command} does not take {action.option_strings[0]}")
+        return parsed, rest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,9 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=("debug", "info", "warn", "error"),
     )
-    p.add_argument("--once", action="store_true", help="top: print one table and exit")
-    p.add_argument("--json", action="store_true", help="explain: print JSON")
+    p.add_argument("--once", action="store_true", help="top only: print one table and exit")
+    p.add_argument("--json", action="store_true", help="explain only: print JSON")
     p.add_argument("--version", action="version", version=f"pss-exporter {__version__}")
+    option = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    p.epilog = "flags by command: " + "; ".join(
+        f"{command}: {' '.join(option[dest] for dest in dests)}"
+        for command, dests in COMMAND_FLAGS.items()
+    )
     return p
 
 
@@ -104,7 +137,19 @@ def _warn_cardinality(config: Config) -> None:
 
 def _check_procfs(procfs: str) -> None:
     if not os.path.isfile(os.path.join(procfs, "meminfo")):
-        raise UsageError(f"--path.procfs: {procfs} is not a procfs (no meminfo)")
+        raise UsageError(f"--path.procfs: {procfs!r} is not a procfs (no meminfo)")
+
+
+def _check_sysfs(sysfs: str) -> None:
+    if not os.path.isdir(sysfs):
+        raise UsageError(f"--path.sysfs: {sysfs!r} is not a directory")
+
+
+def _check_listen(listen: str) -> None:
+    try:
+        parse_listen_address(listen)
+    except ValueError as exc:
+        raise UsageError(f"--web.listen-address: {exc}") from None
 
 
 def _collector(
@@ -165,13 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         _setup_logging(args.log_level)
         config = load_config(args.config)
+        _check_procfs(args.procfs)
+        _check_sysfs(args.sysfs)
         if args.command == "check-config":
+            _check_listen(args.listen)
             if args.web_config:
                 load_web_config(args.web_config)
                 print(f"{args.web_config}: OK")
             print(f"{config.source}: OK ({len(config.process_names)} process_names rules)")
             return 0
-        _check_procfs(args.procfs)
         _warn_cardinality(config)
         if args.command == "once":
             snap = _collector(args, _unbounded(config)).collect()

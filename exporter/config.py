@@ -23,7 +23,40 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, key: str, reason: str) -> None:
         where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {reason}")
+        super().__init__(_one_line(f"{where}: {reason}"))
+
+
+EXCERPT = 40  # characters of a user's value a message shows at most
+_KINDS = {list: "a list", dict: "a mapping", set: "a set"}  # what YAML collections become
+
+
+def _one_line(text: str) -> str:
+    """text with newlines and other unprintable characters escaped, as repr does."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _clip(text: str, limit: int = EXCERPT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def excerpt(value: Any) -> str:
+    """A user's value as a message shows it: a scalar's repr cut to EXCERPT
+    characters, only the kind of a collection. An alias lets a few bytes of
+    YAML name a value of millions of nodes, so a value is never expanded into
+    a message; nor is an integer printed that Python refuses to convert."""
+    if type(value) in _KINDS:
+        return _KINDS[type(value)]
+    if isinstance(value, int) and value.bit_length() > 128:
+        return "an integer of more than 38 digits"
+    return _clip(repr(value[: EXCERPT + 1] if isinstance(value, (str, bytes)) else value))
+
+
+def _key_text(name: Any) -> str:
+    """A mapping key in a message: as written when short and printable."""
+    text = name if isinstance(name, str) else excerpt(name)
+    return text if text.isprintable() and len(text) <= EXCERPT else excerpt(text)
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,11 @@ _SIZE_UNITS = {
     "TB": 10**12,
 }
 MAX_DURATION = 7 * 86400.0  # longer waits overflow the platform's timers
+MIN_INTERVAL = 0.1  # collection.interval: shorter would be a busy loop over /proc
+MAX_SIZE = 1 << 50  # 1 PiB: sizes are compared with a process's Rss
+MAX_GROUPS = 100_000  # max_groups: each group is a few dozen series
+MAX_THREADS = 64  # collection.threads: more cannot help, parsing smaps holds the GIL
+MAX_CHILDREN = 100_000  # php_fpm.pools.NAME.max_children
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -114,7 +152,7 @@ def parse_duration(text: str) -> float:
     while pos < len(text):
         m = _DURATION_RE.match(text, pos)
         if not m:
-            raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 15s, 2m)")
+            raise ValueError(f"invalid duration {excerpt(text)} (use e.g. 500ms, 15s, 2m)")
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
     if not text:
@@ -123,14 +161,18 @@ def parse_duration(text: str) -> float:
 
 
 def parse_size(text: str) -> int:
-    """Parse a size ('512MiB', '2GiB', '1GB', or plain bytes) into bytes."""
+    """Parse a size ('512MiB', '2GiB', '1GB', or plain bytes) into bytes, at
+    most MAX_SIZE."""
     text = text.strip()
     digits = len(text) - len(text.lstrip("0123456789."))
     number, unit = text[:digits], text[digits:].strip()
     try:
-        return int(float(number) * _SIZE_UNITS[unit])
+        size = float(number) * _SIZE_UNITS[unit]  # inf for hundreds of digits
     except (ValueError, KeyError):
-        raise ValueError(f"invalid size {text!r} (use e.g. 512MiB, 2GiB or bytes)") from None
+        raise ValueError(f"invalid size {excerpt(text)} (use e.g. 512MiB, 2GiB or bytes)") from None
+    if not size <= MAX_SIZE:
+        raise ValueError(f"size {excerpt(text)} is over 1PiB")
+    return int(size)
 
 
 class _Section:
@@ -153,7 +195,7 @@ class _Section:
     def reject_unknown(self, known: set[str]) -> None:
         for name in self.data:
             if name not in known:
-                raise self.error(str(name), "unknown key")
+                raise self.error(_key_text(name), "unknown key")
 
     def sub(self, name: str) -> _Section:
         return _Section(self.source, self.key(name), self.data.get(name))
@@ -162,62 +204,76 @@ class _Section:
         if name not in self.data:
             return default
         raw = self.data[name]
+        if not isinstance(raw, str):
+            raise self.error(
+                name, f"must be a duration like 500ms, 15s or 1m30s, got {excerpt(raw)}"
+            )
         try:
-            value = parse_duration(str(raw)) if not isinstance(raw, bool) else None
+            value = parse_duration(raw)
         except ValueError as exc:
             raise self.error(name, str(exc)) from None
-        if value is None or not minimum <= value <= MAX_DURATION:
+        if not minimum <= value <= MAX_DURATION:  # hundreds of digits make inf
             raise self.error(name, f"must be a duration from {minimum:g}s to 7d")
         return value
 
     def size(self, name: str, default: int) -> int:
         raw = self.data.get(name, default)
-        if isinstance(raw, bool):
-            raise self.error(name, f"must be a size, got {raw!r}")
-        try:
-            return raw if isinstance(raw, int) and raw >= 0 else parse_size(str(raw))
-        except ValueError as exc:
-            raise self.error(name, str(exc)) from None
+        if isinstance(raw, str):
+            try:
+                return parse_size(raw)
+            except ValueError as exc:
+                raise self.error(name, str(exc)) from None
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_SIZE:
+            raise self.error(name, f"must be a size from 0 to 1PiB, got {excerpt(raw)}")
+        return raw
 
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
         raw = self.data.get(name, default)
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
-            raise self.error(name, f"must be an integer >= {minimum}, got {raw!r}")
+        if isinstance(raw, bool) or not isinstance(raw, int) or not minimum <= raw <= maximum:
+            raise self.error(
+                name, f"must be an integer from {minimum} to {maximum}, got {excerpt(raw)}"
+            )
         return raw
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.data.get(name, default)
         if not isinstance(raw, bool):
-            raise self.error(name, f"must be true or false, got {raw!r}")
+            raise self.error(name, f"must be true or false, got {excerpt(raw)}")
         return raw
 
 
-def _php_fpm(fpm: _Section) -> PhpFpmConfig:
+def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
     fpm.reject_unknown({"enabled", "status_timeout", "sizing", "reserve", "pools"})
     sizing = fpm.data.get("sizing", "p95")
     if sizing not in ("p95", "max"):
-        raise fpm.error("sizing", f"must be p95 or max, got {sizing!r}")
+        raise fpm.error("sizing", f"must be p95 or max, got {excerpt(sizing)}")
     reserve = fpm.data.get("reserve", 0.1)
     if isinstance(reserve, bool) or not isinstance(reserve, (int, float)) or not 0 <= reserve < 1:
-        raise fpm.error("reserve", f"must be a ratio from 0 to below 1, got {reserve!r}")
+        raise fpm.error("reserve", f"must be a ratio from 0 to below 1, got {excerpt(reserve)}")
+    # The status queries must leave the collection time to finish its interval.
+    status_timeout = fpm.duration("status_timeout", min(1.0, interval / 2), minimum=0.001)
+    if status_timeout > interval / 2:
+        raise fpm.error(
+            "status_timeout", f"must be at most half of collection.interval ({interval:g}s)"
+        )
     pools_section = fpm.sub("pools")
     pools = {}
     for name, data in pools_section.data.items():
         # YAML may read a pool name as a number or a boolean (8080:, yes:).
-        pool = _Section(fpm.source, pools_section.key(str(name)), data)
+        pool = _Section(fpm.source, pools_section.key(_key_text(name)), data)
         pool.reject_unknown({"status", "max_children"})
         status = pool.data.get("status")
         if status is not None and (
             not isinstance(status, str) or not status.startswith(("http://", "https://"))
         ):
-            raise pool.error("status", f"must be an http:// or https:// URL, got {status!r}")
+            raise pool.error("status", f"must be an http:// or https:// URL, got {excerpt(status)}")
         max_children = pool.data.get("max_children")
         if max_children is not None:
-            max_children = pool.integer("max_children", 0, minimum=1)
+            max_children = pool.integer("max_children", 0, 1, MAX_CHILDREN)
         pools[str(name)] = PoolOverride(status, max_children)
     return PhpFpmConfig(
         enabled=fpm.boolean("enabled", True),
-        status_timeout=fpm.duration("status_timeout", 1.0, minimum=0.001),
+        status_timeout=status_timeout,
         sizing=sizing,
         reserve=float(reserve),
         pools=pools,
@@ -233,17 +289,17 @@ def build_config(data: Any, source: str) -> Config:
 
     coll = top.sub("collection")
     coll.reject_unknown({"interval", "max_age", "budget", "large_rss", "large_interval", "threads"})
-    interval = coll.duration("interval", 15.0, minimum=0.001)
+    interval = coll.duration("interval", 15.0, minimum=MIN_INTERVAL)
     collection = CollectionConfig(
         interval=interval,
         max_age=coll.duration("max_age", 5 * interval),
         budget=coll.duration("budget", interval / 2, minimum=0.001),
         large_rss=coll.size("large_rss", CollectionConfig.large_rss),
         large_interval=coll.duration("large_interval", CollectionConfig.large_interval),
-        threads=coll.integer("threads", 1, minimum=1),
+        threads=coll.integer("threads", 1, 1, MAX_THREADS),
     )
 
-    php_fpm = _php_fpm(top.sub("php_fpm"))
+    php_fpm = _php_fpm(top.sub("php_fpm"), interval)
     acc = top.sub("accounting")
     acc.reject_unknown({"enabled", "interval"})
     accounting = AccountingConfig(
@@ -271,7 +327,7 @@ def build_config(data: Any, source: str) -> Config:
     return Config(
         source=source,
         collection=collection,
-        max_groups=top.integer("max_groups", 500, minimum=1),
+        max_groups=top.integer("max_groups", 500, 1, MAX_GROUPS),
         php_fpm=php_fpm,
         accounting=accounting,
         cgroups=CgroupConfig(enabled=cg.boolean("enabled", True)),
@@ -309,7 +365,7 @@ def _yaml_shape_error(text: bytes) -> tuple[str, str] | None:
             anchor, count = event.anchor, 1
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in sizes:  # undefined, or inside its own value
-                return where, f"alias *{event.anchor} names no complete value before it"
+                return where, f"alias *{_clip(event.anchor)} names no complete value before it"
             anchor, count = None, sizes[event.anchor]
         else:  # stream and document boundaries
             continue
@@ -319,6 +375,25 @@ def _yaml_shape_error(text: bytes) -> tuple[str, str] | None:
         if frames[-1][1] > MAX_YAML_NODES:
             return where, f"more than {MAX_YAML_NODES} values once aliases are expanded"
     return None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader for which a value Python cannot hold is a YAML error with a
+    position: a ValueError (an integer past Python's 4,300-digit conversion
+    limit, a timestamp 2001-13-45) or an integer of more than 1,024 bits
+    (sexagesimal 1:59:59:... grows past that limit without a long number)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            value = super().construct_object(node, deep)
+            if not isinstance(value, int) or value.bit_length() <= 1024:
+                return value
+        except ValueError:
+            pass
+        kind = node.tag.rpartition(":")[2]
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot read {excerpt(node.value)} as {kind}", node.start_mark
+        )
 
 
 def load_yaml(path: str) -> Any:
@@ -334,14 +409,15 @@ def load_yaml(path: str) -> Any:
         shape = _yaml_shape_error(text)
         if shape:
             raise ConfigError(path, *shape)
-        return yaml.load(text, Loader=yaml.SafeLoader)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(path, where, f"YAML syntax error: {problem}") from None
-    except ValueError:  # an integer past Python's 4,300-digit conversion limit
-        raise ConfigError(path, "", "a number too long to read") from None
+        # A problem may quote the document (an unknown tag): keep it short.
+        raise ConfigError(path, where, f"YAML syntax error: {_clip(problem, 100)}") from None
+    except ValueError as exc:  # the scanner's chr() of an escape past U+10FFFF
+        raise ConfigError(path, "", f"YAML syntax error: {_clip(str(exc), 100)}") from None
 
 
 def load_config(path: str | None) -> Config:

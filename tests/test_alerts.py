@@ -173,26 +173,64 @@ def test_short_knobs_give_valid_rules(tmp_path: Path) -> None:
     assert "avg_smoothed offset 3m" in rules.read_text()  # drift_offset + lookback
 
 
-@pytest.mark.parametrize(
-    ("knobs", "reason"),
-    [
-        ("near_limit_ratoi: 0.8\n", "unknown knob 'near_limit_ratoi'"),
-        ("near_limit_for: 10\n", "near_limit_for: expected a duration"),
-        ("oom_kill_window: 0s\n", "oom_kill_window: must be longer than 0s"),
-        ("drift_min_bytes: 8 megs\n", "drift_min_bytes: expected a size"),
-        ("near_limit_ratio: high\n", "near_limit_ratio: expected a number"),
-        ("- a list\n", "expected a mapping"),
-    ],
-)
-def test_bad_knobs_are_one_line_errors(tmp_path: Path, knobs: str, reason: str) -> None:
+def aliased_list(knob: str) -> str:
+    """A knob set to 9 ** 7 strings in some 250 bytes of YAML aliases."""
+    names = "abcdefg"
+    values = ["&a [" + ",".join(["lol"] * 9) + "]"]
+    values += [
+        f"&{name} [" + ",".join([f"*{prev}"] * 9) + "]" for prev, name in zip(names, names[1:])
+    ]
+    return f"{knob}: [" + ",\n ".join(values) + "]\n"
+
+
+BAD_KNOBS = {
+    "unknown": ("near_limit_ratoi: 0.8\n", "unknown knob 'near_limit_ratoi'"),
+    "duration-number": ("near_limit_for: 10\n", "near_limit_for: expected a duration"),
+    "zero-window": ("oom_kill_window: 0s\n", "oom_kill_window: must be longer than 0s"),
+    "size-words": ("drift_min_bytes: 8 megs\n", "drift_min_bytes: expected a size"),
+    "ratio-word": ("near_limit_ratio: high\n", "near_limit_ratio: expected a number"),
+    "not-a-mapping": ("- a list\n", "expected a mapping"),
+    # Rendered an alert that could never fire (usage / limit > 85).
+    "ratio-as-percent": (
+        "near_limit_ratio: 85\n",
+        "near_limit_ratio: expected a number from 0 to 1 (a ratio, not a percentage), got 85",
+    ),
+    "growth-ratio-as-percent": (
+        "overcommitted_ratio: 25\n",
+        "overcommitted_ratio: expected a number from 0 to 10 (a ratio, not a percentage)",
+    ),
+    "nan": ("leak_min_bytes_per_second: .nan\n", "leak_min_bytes_per_second: expected a number"),
+    # Tracebacks: OverflowError (inf * 15000 ms), OverflowError (float of 400
+    # digits), ValueError (int of 5,000 digits), RecursionError.
+    "huge-number": ("collection_stale_intervals: 1.0e+308\n", "expected a number from 0 to"),
+    "huge-size": ("drift_min_bytes: " + "9" * 400 + "TiB\n", "at most 1PiB, got '99999"),
+    "huge-duration": ("near_limit_for: " + "9" * 5000 + "s\n", "at most 10y, got '99999"),
+    "duration-past-10y": ("drift_offset: 3651d\n", "drift_offset: expected a duration"),
+    "nested": ("near_limit_ratio: " + "[" * 1200 + "]" * 1200 + "\n", "nested too deep"),
+    # The messages printed the whole value or key.
+    "aliased-value": (aliased_list("near_limit_ratio"), "expected a number from 0 to 1"),
+    "long-key": ("? " + "k" * 5000 + "\n: 1\n", "unknown knob 'kkkkkkkk"),
+}
+
+
+def test_budget_ratios_may_pass_one(tmp_path: Path) -> None:
+    text = generated(tmp_path, "overcommitted_ratio: 1.2\n")
+    rule = alerts_of(text)["PhpFpmPoolOvercommitted"]
+    assert rule["expr"] == "pss_phpfpm_projected_bytes / pss_phpfpm_budget_bytes > 1.2"
+
+
+@pytest.mark.parametrize("case", BAD_KNOBS)
+def test_bad_knobs_are_one_line_errors(tmp_path: Path, case: str) -> None:
+    knobs, reason = BAD_KNOBS[case]
     override, output = tmp_path / "bad.yml", tmp_path / "out.yml"
     override.write_text(knobs)
     result = run_generate("--thresholds", str(override), "--output", str(output))
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr[-2000:]
     assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr[:2000]
     assert result.stderr.startswith(f"generate.py: error: {override}: ")
     assert reason in result.stderr
+    assert len(result.stderr) - len(str(override)) < 200, result.stderr[:2000]
     assert not output.exists()
 
 

@@ -50,6 +50,21 @@ def loopback_address() -> str:
     return f"--web.listen-address=127.0.0.1:{free_port()}"
 
 
+def listen_flags(command: str) -> list[str]:
+    """loopback_address() for the commands that take it."""
+    return [loopback_address()] if command in ("serve", "check-config") else []
+
+
+def billion_laughs() -> str:
+    """327 bytes of YAML whose value, expanded, is 9 ** 9 strings."""
+    names = "abcdefghi"
+    values = ["&a [" + ",".join(["lol"] * 9) + "]"]
+    values += [
+        f"&{name} [" + ",".join([f"*{prev}"] * 9) + "]" for prev, name in zip(names, names[1:])
+    ]
+    return "max_groups: [" + ",\n ".join(values) + "]\n"
+
+
 # ------------------------------------------------------------- bad configs
 
 # id -> (YAML text, key named in the message, reason named in the message)
@@ -98,6 +113,27 @@ BAD_CONFIGS = {
         "process_names[0]",
         "needs at least one of comm, exe, cmdline",
     ),
+    # Hung check-config at 1.2 GB: the message printed the expanded value.
+    "billion-laughs": (billion_laughs(), "line 6", "more than 100000 values once aliases"),
+    # A RecursionError traceback of 3,000 lines.
+    "nested-too-deep": ("max_groups: " + "[" * 600 + "]" * 600 + "\n", "line 1", "deeper than 64"),
+    # An OverflowError traceback: float("9" * 400) is inf.
+    "size-of-400-digits": (
+        "collection:\n  large_rss: " + "9" * 400 + "B\n",
+        "collection.large_rss",
+        "is over 1PiB",
+    ),
+    "interval-below-minimum": (
+        "collection:\n  interval: 1ms\n",
+        "collection.interval",
+        "must be a duration from 0.1s to 7d",
+    ),
+    # It used to be cut to half the interval without a word.
+    "status-timeout-past-half-interval": (
+        "php_fpm:\n  status_timeout: 10s\n",
+        "php_fpm.status_timeout",
+        "must be at most half of collection.interval (15s)",
+    ),
 }
 
 
@@ -112,7 +148,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
 @pytest.mark.parametrize("command", ["once", "serve"])
 def test_bad_config_stops_every_command(tmp_path: Path, command: str) -> None:
     config = write(tmp_path / "bad.yaml", "collection:\n  interval: 15 sec\n")
-    result = run_cli(command, f"--config={config}", loopback_address(), timeout=WAIT)
+    result = run_cli(command, f"--config={config}", *listen_flags(command), timeout=WAIT)
     assert_usage_error(result, f"{config}: collection.interval: ", "invalid duration")
 
 
@@ -131,6 +167,24 @@ def test_nonexistent_config_file(tmp_path: Path) -> None:
         f"{missing}: ",
         "cannot read: No such file or directory",
     )
+
+
+def test_config_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    # check-config blocked forever in open() until something wrote to the FIFO.
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    result = run_cli("check-config", f"--config={fifo}", timeout=WAIT)
+    assert_usage_error(result, f"{fifo}: ", "cannot read: not a regular file")
+
+
+def test_config_past_one_mib_is_refused(tmp_path: Path) -> None:
+    # A 100 MB config took 169 s to load; reads now stop one byte past 1 MiB.
+    config = tmp_path / "big.yaml"
+    with config.open("w") as fh:
+        fh.write("max_groups: 5\n")
+        fh.truncate(100 << 20)  # NULs to 100 MB: nothing to parse, if it got that far
+    result = run_cli("check-config", f"--config={config}", timeout=WAIT)
+    assert_usage_error(result, f"{config}: ", "cannot read: larger than 1048576 bytes")
 
 
 def run_cli_without_dac_override(*args: str) -> subprocess.CompletedProcess[str]:
@@ -182,11 +236,54 @@ def test_bad_command_line(args: list[str], reason: str) -> None:
     assert_usage_error(run_cli(*args, timeout=WAIT), reason)
 
 
-@pytest.mark.parametrize("command", ["once", "serve"])
+@pytest.mark.parametrize("command", ["once", "serve", "check-config"])
 def test_procfs_that_is_not_a_procfs(tmp_path: Path, command: str) -> None:
     (tmp_path / "1").mkdir()  # a PID-like directory, but no meminfo
-    result = run_cli(command, f"--path.procfs={tmp_path}", loopback_address(), timeout=WAIT)
+    result = run_cli(command, f"--path.procfs={tmp_path}", *listen_flags(command), timeout=WAIT)
     assert_usage_error(result, "--path.procfs", str(tmp_path), "not a procfs")
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+@pytest.mark.parametrize("command", ["once", "serve", "check-config"])
+def test_sysfs_that_is_not_a_directory(tmp_path: Path, command: str, kind: str) -> None:
+    # Accepted before: cgroup metrics were silently absent.
+    sysfs = tmp_path / "sys"
+    if kind == "file":
+        sysfs.write_text("")
+    result = run_cli(command, f"--path.sysfs={sysfs}", *listen_flags(command), timeout=WAIT)
+    assert_usage_error(result, "--path.sysfs", str(sysfs), "is not a directory")
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999", "[::1]"])
+def test_check_config_checks_the_listen_address_serve_would_use(address: str) -> None:
+    # check-config said OK for an address serve then refused.
+    result = run_cli("check-config", f"--web.listen-address={address}", timeout=WAIT)
+    assert_usage_error(result, "--web.listen-address", repr(address), "invalid address")
+    good = run_cli("check-config", "--web.listen-address=127.0.0.1:0", timeout=WAIT)
+    assert (good.returncode, good.stdout) == (0, "built-in config: OK (1 process_names rules)\n")
+
+
+# (command line, the flag its command does not take); serve runs get a
+# loopback address so that a wrongly accepted flag cannot serve on every interface.
+FOREIGN_FLAGS = {
+    "once --json": (["once", "--json"], "--json"),
+    "top --json": (["top", "--once", "--json"], "--json"),
+    "explain --once": (["explain", "--once"], "--once"),
+    "check-config --once": (["check-config", "--once"], "--once"),
+    "serve --once": (["serve", "--once"], "--once"),
+    "default serve --json": (["--json"], "--json"),
+    "once --web.listen-address": (["once", "--web.listen-address=:9778"], "--web.listen-address"),
+    "top --web.config.file": (["top", "--once", "--web.config.file=web.yml"], "--web.config.file"),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_FLAGS)
+def test_flag_the_command_does_not_take_is_an_error(case: str) -> None:
+    # Each of these was silently ignored.
+    args, flag = FOREIGN_FLAGS[case]
+    command = "serve" if args[0].startswith("-") else args[0]
+    result = run_cli(*args, *listen_flags(command), timeout=WAIT)
+    assert_usage_error(result, f"error: {command} does not take {flag}")
 
 
 # ------------------------------------------------------------- good input
