@@ -48,6 +48,11 @@ COMPONENTS: dict[str, str] = {
 }
 
 
+# The meminfo fields used() and used_procps3() cannot do without (the others
+# count as 0 when a kernel lacks them); without one there is no reconciliation.
+REQUIRED = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
+
+
 @dataclass(frozen=True)
 class ProcessTotals:
     """PSS summed over every process of the host (one accounting pass)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .discovery import read_bytes
-from .procfs import parse_key_values, parse_pressure
+from .procfs import parse_count, parse_key_values, parse_pressure
 
 # v1 reports "no limit" as PAGE_COUNTER_MAX pages (9223372036854771712 with
 # 4 KiB pages); anything this large is unlimited.
@@ -85,12 +85,12 @@ def memory_dirs(sysfs: str, paths: CgroupPaths) -> list[str]:
 
 def _read_int(path: str) -> int | None:
     """An integer file; None for "max" or a file the level does not have
-    (the v2 root has no memory.max)."""
+    (the v2 root has no memory.max). ParseError unless a count in range."""
     try:
-        text = read_bytes(path).strip()
+        data = read_bytes(path)
     except FileNotFoundError:
         return None
-    return None if text == b"max" else int(text)
+    return None if data.strip() == b"max" else parse_count(data)
 
 
 def read_memory(d: str) -> CgroupMemory:

@@ -8,9 +8,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .accounting import Accounting, ProcessTotals, reconcile, used, used_procps3
-from .discovery import read_bytes
-from .procfs import ParseError, parse_meminfo, parse_pressure, parse_zoneinfo
+from .accounting import REQUIRED, Accounting, ProcessTotals, reconcile, used, used_procps3
+from .discovery import PARSE, SMALL_FILE, ZONEINFO_LIMIT, error_reason, read_bytes
+from .procfs import ParseError, parse_meminfo, parse_pressure, parse_uint, parse_zoneinfo
 
 log = logging.getLogger(__name__)
 
@@ -22,40 +22,61 @@ class HostMemory:
     meminfo: dict[str, int]  # empty when /proc/meminfo could not be read
     oom_kills: int | None  # None: no oom_kill in /proc/vmstat (kernel < 4.13)
     pressure: dict[str, float] | None  # None: no PSI (kernel < 4.20 or psi=0)
+    # Read error reasons (discovery.REASONS) of the files that exist but
+    # could not be used, for pss_exporter_read_errors_total.
+    errors: tuple[str, ...] = ()
 
 
-def _optional(path: str, parse):
+def _optional(path: str, parse, errors: list[str], limit: int = SMALL_FILE, **kw):
+    """parse(the file's bytes), or None when it is missing (an older kernel,
+    PSI off) or unusable: then its reason goes to errors and one warning is
+    logged. A garbled host file loses only what it gives."""
     try:
-        return parse(read_bytes(path))
-    except (OSError, ParseError):
+        return parse(read_bytes(path, limit, **kw))
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        errors.append(error_reason(exc))
+        log.warning("cannot read %s: %s", path, exc.strerror)
+    except ParseError as exc:
+        errors.append(PARSE)
+        log.warning("cannot parse %s: %s", path, exc)
+    return None
 
 
 def vmstat_oom_kills(data: bytes) -> int | None:
-    """oom_kill from /proc/vmstat, found without parsing its 180 other lines."""
-    at = data.find(b"\noom_kill ")
-    return int(data[at + 10 : data.index(b"\n", at + 1)]) if at >= 0 else None
+    """oom_kill from /proc/vmstat, found without parsing its 180 other lines;
+    None when the kernel has no such counter (< 4.13). Raises only ParseError."""
+    at = data.find(b"\noom_kill ") + 1  # never the first line (nr_free_pages is)
+    if not at:
+        return None
+    end = data.find(b"\n", at)  # -1: the last line has no newline
+    return parse_uint(data[at + 9 : end if end >= 0 else None].strip(), "vmstat: oom_kill")
 
 
 def read_host(procfs: str) -> HostMemory:
     """The cheap host files, read every collection."""
-    meminfo = _optional(f"{procfs}/meminfo", parse_meminfo)
+    errors: list[str] = []
+    meminfo = _optional(f"{procfs}/meminfo", parse_meminfo, errors)
     if meminfo is None:
-        log.warning("cannot read %s/meminfo", procfs)
+        log.warning("no %s/meminfo: host memory metrics are left out", procfs)
     return HostMemory(
         meminfo or {},
-        _optional(f"{procfs}/vmstat", vmstat_oom_kills),
-        _optional(f"{procfs}/pressure/memory", parse_pressure),
+        _optional(f"{procfs}/vmstat", vmstat_oom_kills, errors, to_eof=True),
+        _optional(f"{procfs}/pressure/memory", parse_pressure, errors),
+        tuple(errors),
     )
 
 
 def account(
     procfs: str, meminfo: dict[str, int], totals: ProcessTotals, duration: float, now: float
 ) -> Accounting | None:
-    """Reconcile used memory; None when meminfo or zoneinfo is missing."""
-    marks = _optional(f"{procfs}/zoneinfo", parse_zoneinfo)
-    if marks is None or "MemAvailable" not in meminfo:
-        log.warning("cannot reconcile: %s/zoneinfo or MemAvailable missing", procfs)
+    """Reconcile used memory; None when zoneinfo or a meminfo field it needs is missing."""
+    marks = _optional(f"{procfs}/zoneinfo", parse_zoneinfo, [], ZONEINFO_LIMIT, to_eof=True)
+    missing = [key for key in REQUIRED if key not in meminfo]
+    if marks is None or missing:
+        why = f"meminfo lacks {', '.join(missing)}" if missing else "no usable zoneinfo"
+        log.warning("cannot reconcile: %s in %s", why, procfs)
         return None
     return Accounting(
         used=used(meminfo),

@@ -40,6 +40,8 @@ import select
 import threading
 from typing import NamedTuple
 
+from .procfs import MAX_VALUE
+
 log = logging.getLogger(__name__)
 
 KMSG_PATH = "/dev/kmsg"
@@ -50,6 +52,7 @@ READ_SIZE = 65536
 # Records within which a summary's kill record is expected, and within which a
 # counted PID is not counted again.
 WINDOW = 64
+_MAX_DIGITS = len(str(MAX_VALUE))
 
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
@@ -61,7 +64,12 @@ class OomKill(NamedTuple):
 
 
 def _uint(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() else None
+    """A decimal number in 0..MAX_VALUE (as procfs.parse_uint, on str), else
+    None: no sign, no '٣', and no int() of a 5000-digit run, which raises."""
+    if text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS:
+        value = int(text)
+        return value if value <= MAX_VALUE else None
+    return None
 
 
 def _unescape(message: str) -> str:
@@ -69,7 +77,8 @@ def _unescape(message: str) -> str:
     written as \xNN, so every backslash starts such an escape."""
     if "\\x" not in message:
         return message
-    raw = _ESCAPE.sub(lambda m: bytes((int(m[1], 16),)), message.encode())
+    # surrogatepass: a str from anywhere (not only the reader's decode) encodes.
+    raw = _ESCAPE.sub(lambda m: bytes((int(m[1], 16),)), message.encode("utf-8", "surrogatepass"))
     return raw.decode("utf-8", "replace")
 
 

@@ -8,6 +8,7 @@ gzip forms) once, in the collection thread; a scrape then costs a lookup.
 from __future__ import annotations
 
 import gzip
+import logging
 import platform
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from . import __version__, privileges
 from .discovery import REASONS
 from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
+
+log = logging.getLogger(__name__)
 
 BACKGROUND = " (from the background collection)"
 
@@ -245,7 +248,7 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
         for pool in snap.pools:
             value = get(pool)
             if value is not None:
-                fam.add_metric([pool.info.group], float(value))
+                fam.add_metric([pool.info.group], value)
         yield fam
     processes = GaugeMetricFamily(
         "pss_phpfpm_processes",
@@ -261,6 +264,12 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
         "pss_phpfpm_config_errors_total",
         "php-fpm configurations that could not be read or parsed",
         value=snap.phpfpm_config_errors,
+    )
+    yield GaugeMetricFamily(
+        "pss_exporter_untrusted_phpfpm_processes",
+        "Processes titled as php-fpm's that are not trusted as php-fpm's (grouped by "
+        "process_names, never queried)",
+        value=snap.phpfpm_untrusted,
     )
 
 
@@ -367,14 +376,43 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
         yield source
 
 
+def _renders(value: object) -> bool:
+    """Whether the exposition can write value (it calls float() on each)."""
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
 class _Families:
-    """A registry stand-in: the same families for both formats, built once."""
+    """A registry stand-in: the same families for both formats, built once.
+
+    The last family counts the samples left out because their value could
+    not be rendered (an integer beyond float range): one bad number must not
+    stop every exposition. The check runs only after a render failed.
+    """
 
     def __init__(self, families: list[Metric]) -> None:
-        self.families = families
+        self.dropped = GaugeMetricFamily(
+            "pss_exporter_unrenderable_samples",
+            "Samples left out of this exposition because their value could not be rendered",
+            value=0,
+        )
+        self.families = [*families, self.dropped]
 
     def collect(self) -> list[Metric]:
         return self.families
+
+    def drop_unrenderable(self) -> int:
+        """Remove the samples that cannot be rendered; return how many."""
+        dropped = 0
+        for fam in self.families:
+            kept = [s for s in fam.samples if _renders(s.value)]
+            dropped += len(fam.samples) - len(kept)
+            fam.samples = kept
+        self.dropped.samples = [self.dropped.samples[0]._replace(value=dropped)]
+        return dropped
 
 
 TEXT, OPENMETRICS = "text", "openmetrics"
@@ -392,7 +430,15 @@ def _families(snap: Snapshot) -> _Families:
 
 
 def _generate(families: _Families, fmt: str) -> bytes:
-    return generate_openmetrics(families) if fmt == OPENMETRICS else generate_latest(families)
+    generate = generate_openmetrics if fmt == OPENMETRICS else generate_latest
+    try:
+        return generate(families)
+    except (TypeError, ValueError, OverflowError) as exc:
+        dropped = families.drop_unrenderable()
+        if not dropped:
+            raise
+        log.warning("left %d samples out of the exposition: %s", dropped, (*exc.args, "")[0])
+        return generate(families)
 
 
 class Exposition:

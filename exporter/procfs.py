@@ -2,8 +2,13 @@
 
 Every function takes the raw bytes of one file and returns plain values, so
 the parsers can be tested on fixture bytes from any kernel version. Sizes are
-returned in bytes. Malformed input raises ParseError; missing optional keys do
-not (older kernels lack some fields).
+returned in bytes. Malformed input raises ParseError, and nothing else, on any
+bytes at all; missing optional keys do not (older kernels lack some fields).
+
+The files may come from a crafted tree (--path.procfs), so every number is
+checked: ASCII digits only (no sign, no '_', no '²'), at most MAX_VALUE,
+and sizes stay within MAX_VALUE once converted from kB to bytes. No kernel
+prints a count or size beyond 2**63 - 1; anything larger is garbage.
 """
 
 from __future__ import annotations
@@ -12,10 +17,35 @@ from typing import NamedTuple
 
 # /proc/PID/stat field 9 flag marking kernel threads (include/linux/sched.h).
 PF_KTHREAD = 0x00200000
+# The largest number any parser returns: beyond it a value is garbage, and
+# any sum of them still converts to a float when rendered.
+MAX_VALUE = 2**63 - 1
+_MAX_DIGITS = len(str(MAX_VALUE))
+KB = 1024
 
 
 class ParseError(ValueError):
     """A procfs file whose content does not have the expected shape."""
+
+
+def parse_uint(field: bytes, what: str) -> int:
+    """A decimal count or size, 0..MAX_VALUE; ParseError otherwise.
+
+    bytes.isdigit() is ASCII-only; the length check keeps int() from
+    converting a 400-digit (or 5000-digit: ValueError) field at all.
+    """
+    if field.isdigit() and len(field) <= _MAX_DIGITS:
+        value = int(field)
+        if value <= MAX_VALUE:
+            return value
+    raise ParseError(f"{what}: not a number in 0..2**63-1: {field[:40]!r}")
+
+
+def _bytes(kb: int, what: str) -> int:
+    """kB to bytes, still within MAX_VALUE."""
+    if kb > MAX_VALUE // KB:
+        raise ParseError(f"{what}: {kb} kB is out of range")
+    return kb * KB
 
 
 class Stat(NamedTuple):
@@ -44,16 +74,13 @@ def parse_stat(data: bytes) -> Stat:
     # rest[0] is field 3 (state); starttime is field 22, i.e. rest[19].
     if len(rest) < 20:
         raise ParseError(f"stat: {len(rest) + 2} fields, expected at least 22")
-    try:
-        return Stat(
-            comm=data[start + 1 : end].decode("utf-8", "replace"),
-            state=rest[0].decode("ascii", "replace"),
-            ppid=int(rest[1]),
-            flags=int(rest[6]),
-            starttime=int(rest[19]),
-        )
-    except ValueError as exc:
-        raise ParseError(f"stat: {exc}") from None
+    return Stat(
+        comm=data[start + 1 : end].decode("utf-8", "replace"),
+        state=rest[0].decode("ascii", "replace"),
+        ppid=parse_uint(rest[1], "stat: ppid"),
+        flags=parse_uint(rest[6], "stat: flags"),
+        starttime=parse_uint(rest[19], "stat: starttime"),
+    )
 
 
 class Memory(NamedTuple):
@@ -95,6 +122,8 @@ def parse_smaps(data: bytes) -> Memory:
     smaps_rollup is one block, smaps one block per mapping; summing by key
     handles both. Mapping header lines and keys we do not use are skipped.
     An empty file (zombie, kernel thread, exiting process) gives zeros.
+    Values are sizes: a negative one is malformed, as is a total that does
+    not fit MAX_VALUE bytes.
     """
     acc = [0] * 9
     seen = [False] * 9
@@ -104,24 +133,30 @@ def parse_smaps(data: bytes) -> Memory:
         if idx is None or not sep:
             continue
         fields = value.split()
-        if len(fields) != 2 or fields[1] != b"kB":
+        # parse_uint() inlined (this runs per process and line); the sums
+        # are bounded once, below.
+        if (
+            len(fields) != 2
+            or fields[1] != b"kB"
+            or not fields[0].isdigit()
+            or len(fields[0]) > _MAX_DIGITS
+        ):
             raise ParseError(f"smaps: malformed line {line[:60]!r}")
-        try:
-            acc[idx] += int(fields[0])
-        except ValueError:
-            raise ParseError(f"smaps: malformed line {line[:60]!r}") from None
+        acc[idx] += int(fields[0])
         seen[idx] = True
     if data.strip() and not seen[1]:
         raise ParseError("smaps: no Pss line")
+    if max(*acc, acc[2] + acc[3]) > MAX_VALUE // KB:
+        raise ParseError("smaps: a size beyond 2**63-1 bytes")
     return Memory(
-        rss=acc[0] * 1024,
-        pss=acc[1] * 1024,
-        uss=(acc[2] + acc[3]) * 1024,
-        swap=acc[4] * 1024,
-        swap_pss=acc[5] * 1024,
-        pss_anon=acc[6] * 1024 if seen[6] else None,
-        pss_file=acc[7] * 1024 if seen[7] else None,
-        pss_shmem=acc[8] * 1024 if seen[8] else None,
+        rss=acc[0] * KB,
+        pss=acc[1] * KB,
+        uss=(acc[2] + acc[3]) * KB,
+        swap=acc[4] * KB,
+        swap_pss=acc[5] * KB,
+        pss_anon=acc[6] * KB if seen[6] else None,
+        pss_file=acc[7] * KB if seen[7] else None,
+        pss_shmem=acc[8] * KB if seen[8] else None,
     )
 
 
@@ -149,22 +184,31 @@ def parse_meminfo(data: bytes) -> dict[str, int]:
         fields = value.split()
         if not fields:
             raise ParseError(f"meminfo: malformed line {line[:60]!r}")
-        try:
-            n = int(fields[0])
-        except ValueError:
-            raise ParseError(f"meminfo: malformed line {line[:60]!r}") from None
-        out[key.decode("ascii", "replace")] = n * 1024 if len(fields) > 1 else n
+        n = parse_uint(fields[0], "meminfo")
+        out[key.decode("ascii", "replace")] = _bytes(n, "meminfo") if len(fields) > 1 else n
     return out
 
 
 def parse_key_values(data: bytes) -> dict[str, int]:
-    """Parse 'key value' lines: /proc/vmstat, memory.events, memory.oom_control."""
+    """Parse 'key count' lines: memory.events, memory.oom_control.
+
+    Never raises: a line of another shape, or whose count is not one in
+    0..MAX_VALUE, is skipped, so a garbled line loses only its own key.
+    """
     out: dict[str, int] = {}
     for line in data.split(b"\n"):
         fields = line.split()
-        if len(fields) == 2 and fields[1].lstrip(b"-").isdigit():
-            out[fields[0].decode("ascii", "replace")] = int(fields[1])
+        if len(fields) == 2:
+            try:
+                out[fields[0].decode("ascii", "replace")] = parse_uint(fields[1], "")
+            except ParseError:
+                continue
     return out
+
+
+def parse_count(data: bytes) -> int:
+    """A file holding one count (memory.current, memory.max that is not "max")."""
+    return parse_uint(data.strip(), "count")
 
 
 def parse_pressure(data: bytes) -> dict[str, float]:
@@ -178,10 +222,7 @@ def parse_pressure(data: bytes) -> dict[str, float]:
         for field in fields[1:]:
             key, _, value = field.partition(b"=")
             if key == b"total":
-                try:
-                    out[fields[0].decode("ascii", "replace")] = int(value) / 1e6
-                except ValueError:
-                    raise ParseError(f"pressure: malformed line {line[:60]!r}") from None
+                out[fields[0].decode("ascii", "replace")] = parse_uint(value, "pressure") / 1e6
     return out
 
 
@@ -194,7 +235,10 @@ class Watermarks(NamedTuple):
 
 
 def parse_zoneinfo(data: bytes) -> Watermarks:
-    """Sum the watermarks of /proc/zoneinfo the way mm/page_alloc.c does."""
+    """Sum the watermarks of /proc/zoneinfo the way mm/page_alloc.c does.
+
+    Counts are pages; a total beyond MAX_VALUE pages is malformed.
+    """
     low = reserve = pcp = 0
     for zone in data.split(b"\nNode "):
         values: dict[bytes, int] = {}
@@ -202,14 +246,18 @@ def parse_zoneinfo(data: bytes) -> Watermarks:
         for line in zone.split(b"\n"):
             fields = line.split()
             if len(fields) == 2 and fields[0] in (b"low", b"high", b"managed"):
-                values[fields[0]] = int(fields[1])
+                values[fields[0]] = parse_uint(fields[1], "zoneinfo")
             elif len(fields) == 2 and fields[0] == b"count:":
-                pcp += int(fields[1])
+                pcp += parse_uint(fields[1], "zoneinfo")
             elif fields and fields[0] == b"protection:":
                 nums = line.partition(b"(")[2].partition(b")")[0].split(b",")
-                protection = max((int(n) for n in nums if n.strip()), default=0)
+                protection = max(
+                    (parse_uint(n.strip(), "zoneinfo") for n in nums if n.strip()), default=0
+                )
         if b"low" not in values:
             continue
         low += values[b"low"]
         reserve += min(protection + values.get(b"high", 0), values.get(b"managed", 0))
+    if max(low, reserve, pcp) > MAX_VALUE:
+        raise ParseError("zoneinfo: page counts out of range")
     return Watermarks(low, reserve, pcp)

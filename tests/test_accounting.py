@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -266,6 +267,116 @@ def test_missing_files_leave_out_what_they_would_give(config: Path) -> None:
     ):
         assert not has(s, name), name
     assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
+
+
+# ----------------------------------------------- garbled host and cgroup files
+# A crafted --path.procfs/--path.sysfs (the operator's): each garbled file
+# loses only what it gives; before, each of these stopped the collection.
+
+ACCOUNTING = "pss_host_memory_accounted_bytes"
+
+
+def crafted_v2(tmp_path: Path, config: Path, edit: str, data: bytes | None) -> dict:
+    """`once` on a copy of the v2 tree with the file at edit (below the tree)
+    replaced by data, or by a FIFO nobody writes to when data is None."""
+    tree = tmp_path / "v2"
+    shutil.copytree(HOST / "v2", tree)
+    if data is None:
+        (tree / edit).unlink()
+        os.mkfifo(tree / edit)
+    else:
+        (tree / edit).write_bytes(data)
+    result = run_cli(
+        "once",
+        *("--path.procfs", str(tree / "procfs")),
+        *("--path.sysfs", str(tree / "sysfs")),
+        *("--config", str(config)),
+        timeout=20,  # a few tenths of a second; before, a FIFO hung it forever
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    samples = parse_samples(result.stdout)
+    assert value(samples, "pss_group_pss_bytes", group="batch") == 250000 * KiB
+    return samples
+
+
+def edited(name: str, old: bytes, new: bytes) -> bytes:
+    data = (HOST / "v2" / name).read_bytes()
+    assert data.count(old) == 1, (name, old)
+    return data.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    "oom_kill", [b"oom_kill abc\n", b"oom_kill -7\n", b"oom_kill 1" + b"0" * 400 + b"\n"]
+)
+def test_garbled_vmstat_loses_only_the_oom_counter(
+    tmp_path: Path, config: Path, oom_kill: bytes
+) -> None:
+    s = crafted_v2(
+        tmp_path, config, "procfs/vmstat", edited("procfs/vmstat", b"oom_kill 7\n", oom_kill)
+    )
+    assert not has(s, "pss_host_oom_kills_total")
+    assert components(s) == COMPONENTS
+
+
+@pytest.mark.parametrize(
+    "name, lost", [("vmstat", "pss_host_oom_kills_total"), ("zoneinfo", ACCOUNTING)]
+)
+def test_fifo_as_host_file(tmp_path: Path, config: Path, name: str, lost: str) -> None:
+    s = crafted_v2(tmp_path, config, f"procfs/{name}", None)
+    assert not has(s, lost)
+    assert value(s, "pss_host_memory_pressure_seconds_total", kind="some") == 1.234567
+
+
+def test_vmstat_without_final_newline(tmp_path: Path, config: Path) -> None:
+    data = edited("procfs/vmstat", b"oom_kill 7\n", b"") + b"oom_kill 7"  # the last line
+    s = crafted_v2(tmp_path, config, "procfs/vmstat", data)
+    assert value(s, "pss_host_oom_kills_total") == 7
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"        low      40\n", b"        low      abc\n"),
+        (b"        low      40\n", b"        low      -40\n"),
+        (b"(0, 3019, 7883, 7883, 7883)", b"(0, x, 7883, 7883, 7883)"),
+        (b"        low      40\n", b"        low      " + b"9" * 400 + b"\n"),
+    ],
+)
+def test_garbled_zoneinfo_loses_only_the_reconciliation(
+    tmp_path: Path, config: Path, old: bytes, new: bytes
+) -> None:
+    s = crafted_v2(tmp_path, config, "procfs/zoneinfo", edited("procfs/zoneinfo", old, new))
+    assert not has(s, ACCOUNTING)
+    assert value(s, "pss_host_oom_kills_total") == 7
+    assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
+
+
+@pytest.mark.parametrize("field", [b"Buffers", b"MemFree", b"Cached"])
+def test_meminfo_without_a_field_used_needs(tmp_path: Path, config: Path, field: bytes) -> None:
+    lines = (HOST / "v2" / "procfs" / "meminfo").read_bytes().splitlines(keepends=True)
+    kept = b"".join(line for line in lines if not line.startswith(field + b":"))
+    s = crafted_v2(tmp_path, config, "procfs/meminfo", kept)
+    assert not has(s, ACCOUNTING)
+    assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
+
+
+@pytest.mark.parametrize("usage", [b"9" * 400 + b"\n", b"-301989888\n", b"+301989888\n"])
+def test_garbled_cgroup_number_loses_only_that_cgroup(
+    tmp_path: Path, config: Path, usage: bytes
+) -> None:
+    s = crafted_v2(
+        tmp_path, config, "sysfs/fs/cgroup/batch.slice/batch-a.scope/memory.current", usage
+    )
+    # batch-a is left out; batch-b (512 MiB limit, oom_kill 2, 1.5 s / 0.75 s) remains.
+    assert cgroup_series(s, "batch") == {
+        USAGE: 440401920,
+        LIMIT: 536870912,
+        OOMS: 2,
+        SOME: 1.5,
+        FULL: 0.75,
+    }
+    assert cgroup_series(s, "nginx") == V2_GROUPS["nginx"]
 
 
 # ------------------------------------------------------------------- explain

@@ -20,6 +20,7 @@ from exporter.cgroup import (
     read_memory,
     read_state,
 )
+from exporter.procfs import ParseError
 
 from conftest import MEMORY_LIMIT, group_value, parse_samples, run_cli, wait_until
 
@@ -80,6 +81,17 @@ def test_v1_unlimited_and_hybrid_prefers_the_v1_memory_controller(tmp_path: Path
 def test_missing_hierarchy_gives_no_dirs(tmp_path: Path) -> None:
     assert memory_dirs(str(tmp_path), CgroupPaths(None, None)) == []
     assert memory_dirs(str(tmp_path), CgroupPaths("/gone", None)) == []
+
+
+@pytest.mark.parametrize("text", ["9" * 400, "-1", "+5", "1_000", "9223372036854775808", ""])
+@pytest.mark.parametrize("name", ["memory_current", "memory_max"])
+def test_cgroup_number_out_of_range_is_a_parse_error(tmp_path: Path, name: str, text: str) -> None:
+    # 400 digits made the whole exposition fail (OverflowError at render).
+    d = tmp_path / "cg"
+    write(d, memory_current=str(300 * MiB), memory_max=str(512 * MiB))
+    write(d, **{name: text})
+    with pytest.raises(ParseError, match="count"):
+        read_memory(str(d))
 
 
 # ----------------------------------------------------------------- live

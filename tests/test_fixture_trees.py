@@ -329,7 +329,7 @@ def test_malformed_rollup_is_left_out(tmp_path: Path) -> None:
 
 def test_unreadable_smaps_counts_as_unreadable(tmp_path: Path) -> None:
     tree = tmp_path / "proc"
-    shutil.copytree(TREES / "fpm-host", tree)
+    shutil.copytree(TREES / "fpm-host", tree, symlinks=True)  # exe stays a link
     (tree / "102" / "smaps_rollup").chmod(0)  # the www worker with Pss 20000 kB
     samples = once(tmp_path, tree, BY_COMM, unprivileged=True)
     assert samples[("pss_exporter_read_errors_total", frozenset({("reason", "permission")}))], (

@@ -162,10 +162,19 @@ def test_parse_record(raw: str, expected: tuple[int, int, str]) -> None:
         "x,1,2,-;prio not a number",
         "6,-1,2,-;negative seq",
         "6,1,2.5,-;fractional timestamp",
+        # Numbers past 2**63 - 1 are garbage; 5000 digits made int() raise.
+        "1" * 5000 + ",1,2,-;a prio of 5000 digits",
+        "6," + "9" * 20 + ",2,-;a seq past 2**63",
     ],
 )
 def test_parse_record_rejects_malformed(raw: str) -> None:
     assert parse_record(raw) is None
+
+
+def test_parse_record_of_any_str() -> None:
+    # A lone surrogate (the reader's decode() never makes one, but the function
+    # takes any str) made encode() raise while undoing the escapes.
+    assert parse_record("6,1,2,-;\ud800 a\\x5cb") == (6, 1, "\ufffd\ufffd\ufffd a\\b")
 
 
 @pytest.mark.parametrize(
@@ -223,6 +232,10 @@ def test_parse_oom_kill(message: str, expected: tuple[int, str]) -> None:
         "apache2: Killed process 12 is not at a message start",
         "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/",  # cut short
         "oom-kill:constraint=CONSTRAINT_NONE,task=x,pid=,uid=0",
+        # PIDs past 2**63 - 1 are garbage; 5000 digits made int() raise.
+        "Killed process " + "1" * 5000 + " (x) total-vm:1kB",
+        "Killed process 99999999999999999999 (x) total-vm:1kB",
+        "oom-kill:constraint=CONSTRAINT_NONE,task=x,pid=" + "9" * 400 + ",uid=0",
     ],
 )
 def test_parse_oom_kill_ignores_other_messages(message: str) -> None:

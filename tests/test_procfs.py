@@ -8,13 +8,18 @@ from __future__ import annotations
 import pytest
 
 from exporter.procfs import (
+    MAX_VALUE,
     Memory,
     ParseError,
     Stat,
+    Watermarks,
     parse_cmdline,
+    parse_key_values,
     parse_meminfo,
+    parse_pressure,
     parse_smaps,
     parse_stat,
+    parse_zoneinfo,
 )
 
 from conftest import FIXTURES
@@ -190,3 +195,85 @@ def test_meminfo_huge_page_counts_stay_counts() -> None:
 def test_meminfo_malformed() -> None:
     with pytest.raises(ParseError):
         parse_meminfo(b"MemTotal:       lots kB\n")
+
+
+# ---------------------------------------------------- hostile numbers
+# A crafted --path.procfs can hold any bytes. Every parser takes ASCII digits
+# only (int() also takes '+5', ' 5', '1_000' and '٣'), bounds every value to
+# 0..2**63-1 (sizes once in bytes) and raises nothing but ParseError.
+
+HOSTILE = [b"-5", b"+5", b"1_000", b"9" * 400, b"9223372036854775808"]
+
+
+@pytest.mark.parametrize("field", ["ppid", "starttime"])
+@pytest.mark.parametrize("number", HOSTILE)
+def test_stat_hostile_number_is_a_parse_error(number: bytes, field: str) -> None:
+    old, new = {"ppid": (b") S 4200 ", b") S %s "), "starttime": (b" 0 98765 ", b" 0 %s ")}[field]
+    data = fixture("stat-odd-comm")
+    assert data.count(old) == 1
+    with pytest.raises(ParseError, match=field):
+        parse_stat(data.replace(old, new % number))
+
+
+@pytest.mark.parametrize("number", [*HOSTILE, b"9007199254740992"])  # 2**53 kB = 2**63 bytes
+def test_rollup_hostile_number_is_a_parse_error(number: bytes) -> None:
+    data = fixture("smaps_rollup-6.x").replace(b"1612 kB", number + b" kB", 1)
+    with pytest.raises(ParseError):
+        parse_smaps(data)
+
+
+def test_rollup_sizes_up_to_the_bound() -> None:
+    kb = MAX_VALUE // 1024  # the largest size in kB that is still in range as bytes
+    assert parse_smaps(b"Pss: %d kB\n" % kb).pss == kb * 1024
+    # Summed over mappings (full smaps), the total is bounded too.
+    with pytest.raises(ParseError, match="beyond"):
+        parse_smaps(b"Pss: %d kB\nPss: 1 kB\n" % kb)
+
+
+@pytest.mark.parametrize("number", [*HOSTILE, b"9007199254740992"])
+def test_meminfo_hostile_number_is_a_parse_error(number: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_meminfo(b"MemTotal:       " + number + b" kB\n")
+
+
+@pytest.mark.parametrize("number", HOSTILE)
+def test_pressure_hostile_number_is_a_parse_error(number: bytes) -> None:
+    # 400 digits: int() took them, the division by 1e6 raised OverflowError.
+    with pytest.raises(ParseError):
+        parse_pressure(b"some avg10=0.00 avg60=0.00 avg300=0.00 total=" + number + b"\n")
+
+
+ZONE = b"""Node 0, zone   Normal
+  pages free     4096
+        min      10
+        low      20
+        high     30
+        managed  1000
+        protection: (0, 0, 0)
+    pagesets
+    cpu: 0
+              count: 7
+"""
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"low      20", b"low      abc"),  # raised ValueError, not ParseError
+        (b"low      20", b"low      -20"),
+        (b"count: 7", b"count: " + b"9" * 400),
+        (b"count: 7", b"count: 9223372036854775807\n              count: 1"),  # the sum
+        (b"(0, 0, 0)", b"(0, x, 0)"),
+    ],
+)
+def test_zoneinfo_malformed_is_a_parse_error(old: bytes, new: bytes) -> None:
+    assert parse_zoneinfo(ZONE) == Watermarks(low=20, reserve=30, pcp_free=7)
+    assert ZONE.count(old) == 1
+    with pytest.raises(ParseError):
+        parse_zoneinfo(ZONE.replace(old, new))
+
+
+def test_key_values_skip_what_is_not_a_count() -> None:
+    # memory.events / memory.oom_control: a garbled line loses only its key.
+    data = b"low 0\nhigh --5\nmax -3\noom +2\noom_kill " + b"9" * 400 + b"\noom_group_kill 4\n"
+    assert parse_key_values(data) == {"low": 0, "oom_group_kill": 4}
