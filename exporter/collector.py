@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from .accounting import Accounting, ProcessTotals
 from .cgroup import (
@@ -43,12 +44,20 @@ from .discovery import (
     PARSE,
     PERMISSION,
     REASONS,
+    SMAPS_LIMIT,
     LiveProcess,
     error_reason,
     list_pids,
     read_bytes,
 )
-from .grouping import FPM_MASTER_GROUP, FpmRole, fpm_pool_groups, fpm_role
+from .grouping import (
+    FPM_MASTER_GROUP,
+    FpmMaster,
+    FpmRole,
+    fpm_pool_groups,
+    fpm_role,
+    outside_fpm_groups,
+)
 from .host import account, read_host
 from .kmsg import KmsgWatcher
 from .phpfpm import PhpFpmSource, PoolRef
@@ -71,6 +80,20 @@ LARGE_READS_EXPORTED = 5  # bounded: top N large processes by read time
 NEVER = float("-inf")
 CGROUP_REFRESH = 60.0  # seconds before a process's /proc/PID/cgroup is read again
 RECENT_PIDS = 600.0  # seconds an exited PID's group is remembered for the kernel log
+UNTRUSTED_LOGGED = 3  # untrusted php-fpm processes a warning names
+
+
+class FpmView(NamedTuple):
+    """php-fpm as one cycle sees it: only a master whose executable is a
+    root-installed php-fpm is one, and only its children are its workers."""
+
+    trusted: frozenset[int]  # PIDs of trusted masters and of their workers
+    masters: dict[int, FpmMaster]  # the trusted masters, by PID
+    names: dict[tuple[str, int], str]  # (pool, master PID) -> group
+    untrusted: int  # processes titled as php-fpm, not trusted
+
+
+NO_FPM = FpmView(frozenset(), {}, {}, 0)
 
 
 class _Proc:
@@ -107,7 +130,9 @@ class _Proc:
         self.pid, self.starttime = pid, st.starttime
         self.ppid, self.state = st.ppid, st.state
         self.group = group  # from process_names; None: no rule matched
-        self.fpm = fpm  # php-fpm title, whether or not php_fpm grouping is on
+        # php-fpm title, whether or not php_fpm grouping is on; a process the
+        # collector does not trust as php-fpm's keeps its process_names group
+        self.fpm = fpm
         self.tracked = tracked
         # php-fpm retitles its processes after fork: a worker may still show
         # the master's title, a new master no title yet. Such a guess is
@@ -165,6 +190,7 @@ class Collector:
         self._recent: dict[int, tuple[str, float]] = {}  # pid -> (group, last seen)
         self._kmsg_kills: dict[str, int] = {}
         self._warn_cgroupns = True
+        self._untrusted: set[tuple[int, int]] = set()  # (pid, starttime) already logged
 
     # ------------------------------------------------------------ public
 
@@ -172,11 +198,10 @@ class Collector:
         started = time.time()
         now = self._clock()
         pids = list_pids(self.procfs)
-        procs = self._discover(pids, now)
-        groups = self._assign_groups(procs)
+        procs, groups, view = self._assign_groups(self._discover(pids, now))
         # php-fpm status pages answer (or time out) while smaps is being read.
         fpm = self._fpm
-        pending = fpm.start(*self._pool_refs(procs, groups)) if fpm else []
+        pending = fpm.start(self._pool_refs(procs, groups, view), view.masters) if fpm else []
         status_deadline = time.monotonic() + (fpm.timeout if fpm else 0)
         due = self._due(procs, groups, now)
         deferred = self._read(due, now, now + self.config.collection.budget)
@@ -187,6 +212,8 @@ class Collector:
                 samples.append(sample)
         read = len(due) - len(deferred)
         host = read_host(self.procfs)
+        for reason in host.errors:
+            self._count(reason)
         if self.config.accounting.enabled and (
             now - self._accounted_at + self._slack >= self.config.accounting.interval
         ):
@@ -216,6 +243,7 @@ class Collector:
             group_oom_kills=self._group_oom_kills(procs, groups, cgroups, now),
             kmsg_up=self._kmsg.available if self._kmsg else None,
             phpfpm_config_errors=fpm.config_errors if fpm else 0,
+            phpfpm_untrusted=view.untrusted,
         )
 
     # ----------------------------------------------------------- stages
@@ -282,28 +310,39 @@ class Collector:
         provisional = st.comm.startswith("php-fpm") and (
             role is None or (role.is_master and parent is not None and parent.is_master)
         )
-        if role is not None and self.config.php_fpm.enabled:
-            return _Proc(pid, st, None, role, True, provisional)
-        for rule in self.config.process_names:
-            name = rule.match(proc)
-            if name is not None:
-                return _Proc(pid, st, name, role, True, provisional)
-        return _Proc(pid, st, None, role, False, provisional)
+        fpm = role is not None and self.config.php_fpm.enabled
+        # The rules group php-fpm's processes too: those not trusted as
+        # php-fpm's (decided each cycle, see _fpm_view) keep that group.
+        try:
+            group = next(
+                (n for rule in self.config.process_names if (n := rule.match(proc)) is not None),
+                None,
+            )
+        except OSError:
+            if not fpm:
+                raise
+            group = None  # grouped by its title, if trusted
+        return _Proc(pid, st, group, role, fpm or group is not None, provisional)
 
-    def _assign_groups(self, procs: list[_Proc]) -> list[str]:
-        """Final group names: php-fpm pools disambiguated, max_groups applied."""
-        fpm_on = self.config.php_fpm.enabled
-        names = self._fpm_names(procs) if fpm_on else {}
-        wanted = []
+    def _assign_groups(self, procs: list[_Proc]) -> tuple[list[_Proc], list[str], FpmView]:
+        """Final group names: php-fpm pools disambiguated, max_groups applied.
+        A process titled as php-fpm that is not trusted and that no rule
+        groups is left out."""
+        view = self._fpm_view(procs) if self._fpm else NO_FPM
+        kept, wanted = [], []
         for p in procs:
-            if p.fpm is not None and fpm_on:
-                wanted.append(FPM_MASTER_GROUP if p.is_master else names[(p.fpm.name, p.ppid)])
+            if p.pid in view.trusted:
+                group = FPM_MASTER_GROUP if p.is_master else view.names[(p.fpm.name, p.ppid)]
+            elif p.group is not None:
+                group = outside_fpm_groups(p.group) if self._fpm else p.group
             else:
-                wanted.append(p.group)
+                continue
+            kept.append(p)
+            wanted.append(group)
         admitted = self._admit(wanted)
         overflowed = set()
         result = []
-        for p, group in zip(procs, wanted):
+        for p, group in zip(kept, wanted):
             if group in admitted:
                 result.append(group)
                 continue
@@ -312,33 +351,56 @@ class Collector:
             if p.pid not in self._overflowed:
                 self._overflow_total += 1
         self._overflowed = overflowed
-        return result
+        return kept, result, view
 
     @staticmethod
-    def _pool_refs(procs: list[_Proc], groups: list[str]) -> tuple[list[PoolRef], dict[int, str]]:
-        """One reference per php-fpm pool group (its master and one worker),
-        and every master's config path."""
-        masters = {p.pid: p.fpm.name for p in procs if p.is_master}
+    def _pool_refs(procs: list[_Proc], groups: list[str], view: FpmView) -> list[PoolRef]:
+        """One reference per php-fpm pool group: its master and one worker."""
         refs: dict[str, PoolRef] = {}
         for p, group in zip(procs, groups):
-            if p.fpm is None or p.is_master or group == OTHER_GROUP or group in refs:
+            if p.pid not in view.trusted or p.is_master or group == OTHER_GROUP or group in refs:
                 continue
-            master = p.ppid if p.ppid in masters else None
-            refs[group] = PoolRef(group, p.fpm.name, master, masters.get(p.ppid), p.pid)
-        return list(refs.values()), masters
+            refs[group] = PoolRef(group, p.fpm.name, p.ppid, view.masters[p.ppid].conf, p.pid)
+        return list(refs.values())
 
-    @staticmethod
-    def _fpm_names(procs: list[_Proc]) -> dict[tuple[str, int], str]:
-        pools: dict[tuple[str, int], None] = {}
-        masters: dict[int, tuple[str, int]] = {}
-        for p in procs:
-            if p.fpm is None:
-                continue
-            if p.fpm.is_master:
-                masters[p.pid] = (p.fpm.name, p.starttime)
-            else:
-                pools[(p.fpm.name, p.ppid)] = None
-        return fpm_pool_groups(pools, masters)
+    def _fpm_view(self, procs: list[_Proc]) -> FpmView:
+        """Which processes titled as php-fpm are php-fpm's, and their pools'
+        names. Any user can title a process 'php-fpm: ...'; only masters
+        PhpFpmSource.trust() vouches for count, and only their children are
+        workers, so no one else is grouped, queried or renames a pool."""
+        assert self._fpm is not None
+        claims = [p for p in procs if p.fpm is not None]
+        uids = self._fpm.trust({p.pid: p.starttime for p in claims if p.is_master})
+        masters = {
+            p.pid: FpmMaster(p.fpm.name, p.starttime, uids[p.pid]) for p in claims if p.pid in uids
+        }
+        workers = [p for p in claims if not p.is_master and p.ppid in masters]
+        names = fpm_pool_groups(dict.fromkeys((p.fpm.name, p.ppid) for p in workers), masters)
+        trusted = frozenset(masters).union(p.pid for p in workers)
+        untrusted = [p for p in claims if p.pid not in trusted]
+        self._log_untrusted(untrusted)
+        return FpmView(trusted, masters, names, len(untrusted))
+
+    def _log_untrusted(self, untrusted: list[_Proc]) -> None:
+        """One warning per cycle at most, naming the untrusted processes not
+        seen before (titles escaped: a newline in one must not forge a line)."""
+        new = [p for p in untrusted if (p.pid, p.starttime) not in self._untrusted]
+        self._untrusted = {(p.pid, p.starttime) for p in untrusted}  # only the living
+        if not new:
+            return
+        shown = ", ".join(
+            f"{p.pid} {'master of' if p.is_master else 'pool'} {p.fpm.name[:100]!r}"
+            for p in new[:UNTRUSTED_LOGGED]
+        )
+        more = f" and {len(new) - UNTRUSTED_LOGGED} more" if len(new) > UNTRUSTED_LOGGED else ""
+        log.warning(
+            "%d processes titled as php-fpm are not trusted as php-fpm's (the executable "
+            "is not a root-owned php-fpm, or the parent not such a master): grouped by "
+            "process_names, never queried: %s%s",
+            len(new),
+            shown,
+            more,
+        )
 
     def _admit(self, wanted: list[str]) -> frozenset[str]:
         """Groups allowed this cycle: those admitted before keep their place,
@@ -427,7 +489,8 @@ class Collector:
                     raise  # the process is gone
                 log.info("no smaps_rollup (kernel < 4.14): summing smaps instead")
                 self._use_rollup = False
-        return parse_smaps(read_bytes(f"{base}/smaps"))
+        # Full smaps comes a page or so per read(): read it to its end.
+        return parse_smaps(read_bytes(f"{base}/smaps", SMAPS_LIMIT, to_eof=True))
 
     def _sample(self, p: _Proc, group: str, deferred: bool) -> Sample | None:
         is_worker = not p.is_master

@@ -11,6 +11,11 @@ paddingLength, reserved) followed by its content and padding. The whole
 exchange (connect, send, receive) shares one deadline, and the answer's size is
 checked against a bound before its content is read, so a stuck, chatty or
 confused server costs at most `timeout` seconds and `max_bytes` of memory.
+
+The caller may restrict where it connects (`allow`, asked for every address
+before connecting) and who must hold a unix socket (`peer`, checked with
+SO_PEERCRED before a byte is sent): php-fpm configs are a tenant's, and the
+exporter, running as root, must not be made to talk to another's socket.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Callable, Union
 
 from .phpfpm_config import RootedFiles
 
@@ -39,8 +44,12 @@ REQUEST_ID = 1
 # (host, port) for TCP, a filesystem path for a unix socket.
 Address = Union[tuple[str, int], str]
 
+# (family, address) -> whether the caller lets request() connect there.
+Allow = Callable[[socket.AddressFamily, Address], bool]
+
 _WILDCARDS = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class FastCGIError(Exception):
@@ -64,9 +73,11 @@ def parse_address(listen: str) -> tuple[socket.AddressFamily, Address]:
     hosts (0.0.0.0, ::, *) become the loopback address of their family.
     """
     listen = listen.strip()
+    if "\0" in listen:  # a unix socket path would end at it
+        raise ValueError(f"NUL byte in {listen!r}")
     if listen.startswith("/") and ":" not in listen:  # php-fpm: a ':' means TCP
         return socket.AF_UNIX, listen
-    if listen.isdigit():
+    if listen.isascii() and listen.isdigit():
         return socket.AF_INET, ("127.0.0.1", _port(listen, listen))
     host, sep, port_text = listen.rpartition(":")
     if not sep:
@@ -81,13 +92,24 @@ def parse_address(listen: str) -> tuple[socket.AddressFamily, Address]:
         pass
     else:
         return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (host, port)
-    if not host or not _HOST_CHARS.issuperset(host) or all(c in "0123456789." for c in host):
+    if not _valid_host_name(host):
         raise ValueError(f"invalid host in {listen!r}")
     return socket.AF_UNSPEC, (host, port)
 
 
+def _valid_host_name(host: str) -> bool:
+    """A DNS name the resolver takes: letters, digits, '-' and '.', labels of
+    1 to 63 characters (longer ones make the idna codec raise UnicodeError)."""
+    if not host or len(host) > 253 or not _HOST_CHARS.issuperset(host):
+        return False
+    if all(c in "0123456789." for c in host):
+        return False  # an IP address ipaddress refused, such as 1.2.3
+    return all(0 < len(label) <= 63 for label in host.removesuffix(".").split("."))
+
+
 def _port(text: str, listen: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # isdigit() alone takes '²', which int() refuses; 5 digits bound int().
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536):
         raise ValueError(f"invalid port in {listen!r}")
     return int(text)
 
@@ -99,22 +121,36 @@ def request(
     timeout: float = 2.0,
     max_bytes: int = 1 << 20,
     root: str = "",
+    *,
+    allow: Allow | None = None,
+    peer: tuple[int, int] | None = None,
 ) -> Response:
     """GET script_name?query from the FastCGI server at `listen`.
 
     `root` is where a unix socket's path is resolved (e.g. "/proc/PID/root"
     to reach a socket in a container's mount namespace; its symlinks are
     followed inside that root, never out to the host). A host name is
-    resolved before the deadline starts. Raises ValueError for a bad
-    `listen` and FastCGIError for everything that goes wrong on the wire.
+    resolved before the deadline starts. `allow`, when given, is asked about
+    each address before connecting to it: a unix socket's path as `listen`
+    names it, a TCP (host, port) once resolved; an address it refuses is not
+    connected to. `peer`, when given, is the (pid, uid) that must have made a
+    unix socket listen: the pid when the kernel can tell it (SO_PEERCRED
+    gives 0 for a process outside our PID namespace), else the uid; nothing
+    is sent to another's socket. Raises ValueError for a bad `listen` or
+    parameters too long for one record, and FastCGIError for everything
+    else, on the wire or not (a refused address, a garbled answer).
     """
     family, address = parse_address(listen)
-    if family == socket.AF_UNIX:
-        address = RootedFiles(root).resolve(str(address))
     payload = _encode_request(_params(script_name, query))
+    if family == socket.AF_UNIX and allow is not None and not allow(family, address):
+        raise FastCGIError("address not allowed")
     deadline = time.monotonic() + timeout
     try:
-        with _connect(family, address, deadline) as sock:
+        if family == socket.AF_UNIX:
+            address = RootedFiles(root).resolve(str(address))
+        with _connect(family, address, deadline, allow) as sock:
+            if family == socket.AF_UNIX and peer is not None:
+                _check_peer(sock, peer)
             sock.settimeout(_remaining(deadline))
             sock.sendall(payload)
             stdout, stderr = _read_streams(sock, deadline, max_bytes)
@@ -146,6 +182,15 @@ def _encode_length(n: int) -> bytes:
     return bytes([n]) if n < 128 else struct.pack(">I", n | 0x80000000)
 
 
+def _check_peer(sock: socket.socket, peer: tuple[int, int]) -> None:
+    """Refuse a unix socket that `peer` (pid, uid) did not make listen."""
+    pid, uid, _ = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    if (pid != peer[0]) if pid else (uid != peer[1]):
+        raise FastCGIError("socket held by another process")
+
+
 def _record(rtype: int, content: bytes = b"") -> bytes:
     padding = -len(content) % 8
     header = HEADER.pack(VERSION, rtype, REQUEST_ID, len(content), padding)
@@ -156,6 +201,8 @@ def _encode_request(params: dict[str, str]) -> bytes:
     pairs = b""
     for name, value in params.items():
         n, v = name.encode(), value.encode("utf-8", "surrogateescape")
+        if len(n) + len(v) > MAX_CONTENT:  # checked first: lengths must fit 31 bits
+            raise ValueError("FastCGI parameters longer than one record")
         pairs += _encode_length(len(n)) + _encode_length(len(v)) + n + v
     if len(pairs) > MAX_CONTENT:  # php-fpm parses each PARAMS record on its own
         raise ValueError("FastCGI parameters longer than one record")
@@ -176,14 +223,22 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _connect(family: socket.AddressFamily, address: Address, deadline: float) -> socket.socket:
-    """A connected socket; a host name is tried at each address it resolves to."""
+def _connect(
+    family: socket.AddressFamily, address: Address, deadline: float, allow: Allow | None
+) -> socket.socket:
+    """A connected socket; a host name is tried at each address it resolves
+    to. TCP addresses `allow` refuses are skipped (unix ones are checked by
+    the caller, before their path is resolved)."""
     if family != socket.AF_UNSPEC:
         targets = [(family, address)]
     else:
         host, port = address
         resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         targets = [(fam, sockaddr) for fam, _, _, _, sockaddr in resolved]
+    if allow is not None and family != socket.AF_UNIX:
+        targets = [(fam, addr) for fam, addr in targets if allow(fam, addr[:2])]
+        if not targets:
+            raise FastCGIError("address not allowed")
     error: OSError = OSError("no address")
     for fam, sockaddr in targets:
         sock = socket.socket(fam, socket.SOCK_STREAM)
@@ -257,7 +312,8 @@ def _parse_cgi(stdout: bytes, stderr: bytes) -> Response:
     status = 200
     if "status" in headers:
         code = headers["status"].split(" ", 1)[0]
-        if not code.isdigit() or not 100 <= int(code) <= 999:
+        # isdigit() alone takes '²' (latin-1 0xB2), which int() refuses.
+        if not (code.isascii() and code.isdigit() and len(code) == 3 and int(code) >= 100):
             raise FastCGIError("malformed CGI headers")
         status = int(code)
     return Response(status, headers, stdout[end + sep_len :], stderr)

@@ -77,7 +77,7 @@ def compile_template(text: str) -> tuple[Any, ...]:
         pos = m.end()
     tail = text[pos:]
     if "{{" in tail or "}}" in tail:
-        raise ValueError(f"unbalanced braces in template {text!r}")
+        raise ValueError(f"unbalanced braces in template {text[:40]!r}")
     if trim_next:
         tail = tail.lstrip()
     if tail:
@@ -88,13 +88,13 @@ def compile_template(text: str) -> tuple[Any, ...]:
 def _parse_action(action: str) -> _Field:
     names = action.split(".")
     if names[0] != "" or len(names) < 2:
-        raise ValueError(f"unsupported template action {{{{{action}}}}}")
+        raise ValueError(f"unsupported template action {{{{{action[:40]}}}}}")
     if names[1] == "Matches" and len(names) == 3 and names[2]:
         return _Field("Matches", names[2])
     if len(names) == 2 and names[1] in TEMPLATE_FIELDS:
         return _Field(names[1], "")
     raise ValueError(
-        f"unknown template field {action!r} (known: "
+        f"unknown template field {action[:40]!r} (known: "
         + ", ".join("." + f for f in (*TEMPLATE_FIELDS, "Matches.NAME"))
         + ")"
     )
@@ -169,7 +169,7 @@ def translate_go_regex(pattern: str) -> str:
         if in_class:
             if pattern.startswith("[:^", i):
                 raise ValueError(
-                    f"invalid regex {pattern!r}: negated POSIX classes ([[:^alpha:]]) are not "
+                    f"invalid regex {pattern[:40]!r}: negated POSIX classes ([[:^alpha:]]) are not "
                     "supported; use [^[:alpha:]]"
                 )
             if c == "[" and pattern[i + 1 : i + 2] == ":":
@@ -203,7 +203,7 @@ def compile_go_regex(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(translate_go_regex(pattern))
     except (re.error, OverflowError, RecursionError) as exc:
-        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        raise ValueError(f"invalid regex {pattern[:40]!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------- rules
@@ -260,7 +260,7 @@ def compile_rule(raw: Any) -> GroupRule:
         raise ValueError(": must be a mapping with name/comm/exe/cmdline")
     for key in raw:
         if key not in _RULE_KEYS:
-            raise ValueError(f".{key}: unknown key (known: name, comm, exe, cmdline)")
+            raise ValueError(f".{str(key)[:40]}: unknown key (known: name, comm, exe, cmdline)")
     name = raw.get("name") or "{{.ExeBase}}"
     if not isinstance(name, str):
         raise ValueError(".name: must be a string")
@@ -303,7 +303,16 @@ def template_fields(rule: GroupRule) -> set[str]:
 
 FPM_MASTER_PREFIX = "php-fpm: master process"
 FPM_POOL_PREFIX = "php-fpm: pool "
+FPM_GROUP_PREFIX = "php-fpm:"
 FPM_MASTER_GROUP = "php-fpm:master"
+UNTRUSTED_PREFIX = "untrusted:"
+
+
+def outside_fpm_groups(group: str) -> str:
+    """The group of a process that is no trusted php-fpm process, which a
+    process_names rule named: the php-fpm: names belong to trusted pools, so
+    a comm of 'php-fpm:www' cannot join the real pool www."""
+    return UNTRUSTED_PREFIX + group if group.startswith(FPM_GROUP_PREFIX) else group
 
 
 class FpmRole(NamedTuple):
@@ -330,17 +339,25 @@ def fpm_role(comm: str, cmdline: Callable[[], tuple[str, ...]]) -> FpmRole | Non
     return None
 
 
+class FpmMaster(NamedTuple):
+    """A trusted php-fpm master, as pool naming needs it."""
+
+    conf: str  # the config path in its title
+    starttime: int
+    uid: int  # effective uid
+
+
 def fpm_pool_groups(
-    pools: dict[tuple[str, int], None], masters: dict[int, tuple[str, int]]
+    pools: dict[tuple[str, int], None], masters: dict[int, FpmMaster]
 ) -> dict[tuple[str, int], str]:
-    """Name each (pool, master pid) pair's group.
+    """Name each (pool, master pid) pair's group; every master is in masters.
 
     A pool name run by one master is 'php-fpm:NAME'. When several masters run
     a pool of the same name, each gets a suffix: '@CONFIG' (the master's
     config path) when their config paths differ, otherwise '#N', N counting
-    the masters by start time (oldest is 1). masters maps pid -> (config,
-    starttime); a worker whose parent is not a known master keeps the plain
-    name.
+    the masters by start time (oldest is 1). When exactly one of them runs
+    as root, it keeps the plain name and only the others get suffixes: a
+    user starting php-fpm with a pool www cannot rename the system's.
     """
     by_name: dict[str, list[int]] = {}
     for name, ppid in pools:
@@ -348,15 +365,19 @@ def fpm_pool_groups(
     out: dict[tuple[str, int], str] = {}
     for name, ppids in by_name.items():
         base = f"php-fpm:{name}"
-        if len(ppids) == 1:
+        roots = [p for p in ppids if masters[p].uid == 0]
+        if len(ppids) > 1 and len(roots) == 1:
+            out[(name, roots[0])] = base
+            ppids = [p for p in ppids if p != roots[0]]
+        elif len(ppids) == 1:
             out[(name, ppids[0])] = base
             continue
-        confs = [masters.get(p, ("", 0))[0] for p in ppids]
+        confs = [masters[p].conf for p in ppids]
         if all(confs) and len(set(confs)) == len(confs):
             for ppid, conf in zip(ppids, confs):
                 out[(name, ppid)] = f"{base}@{conf}"
         else:
-            ordered = sorted(ppids, key=lambda p: (masters.get(p, ("", 0))[1], p))
+            ordered = sorted(ppids, key=lambda p: (masters[p].starttime, p))
             for n, ppid in enumerate(ordered, 1):
                 out[(name, ppid)] = f"{base}#{n}"
     return out

@@ -25,9 +25,13 @@ The format follows php-src sapi/fpm (fpm_conf.c), checked against php-fpm 8.2's
 - `$pool` in a pool's values expands to the pool's name.
 - A relative unix socket path in `listen` is relative to the pool's `prefix`,
   itself relative to php-fpm's prefix (see below).
-- Integers as php-fpm reads them: an optional '-' and digits ("" counts 0).
-  For pm = dynamic without pm.start_servers, php-fpm's default
-  min_spare + (max_spare - min_spare) / 2 is applied.
+- Integers as php-fpm reads them: an optional '-' and digits ("" counts 0),
+  within 0..2**31-1 (php-fpm keeps them in a C int and refuses negative
+  ones, beyond that atoi() wraps). For pm = dynamic without
+  pm.start_servers, php-fpm's default min_spare + (max_spare - min_spare) / 2
+  is applied.
+- memory_limit at most 2**62 bytes (4 EiB): PHP keeps it in a signed 64-bit
+  integer, and no larger value means anything.
 
 Approximations, documented rather than guessed at:
 - A relative include (or socket) path is relative to php-fpm's prefix (-p, or the
@@ -70,6 +74,8 @@ MAX_INCLUDE_DEPTH = 5  # files nested, the main one included: php-fpm's limit
 MAX_FILES = 10_000  # per load: a shared host may run thousands of pools
 MAX_FILE_BYTES = 1 << 20
 MAX_SYMLINKS = 40  # as the kernel's path walk
+MAX_FPM_INT = 2**31 - 1  # php-fpm's settings are C ints
+MAX_MEMORY_LIMIT = 2**62
 DEFAULT_MEMORY_LIMIT = 128 << 20  # PHP's built-in memory_limit
 PM_STYLES = ("static", "dynamic", "ondemand")
 
@@ -116,8 +122,8 @@ class IniEntry(NamedTuple):
 
 
 _SECTION_RE = re.compile(r"\[([^\]]*)\]\s*(?:;.*)?")
-# Key characters as the Zend INI scanner's LABEL.
-_SETTING_RE = re.compile(r"([^=\t;&|^$~(){}!\"\[\]]+?)\s*(?:\[([^\]]*)\])?\s*=(.*)")
+# Characters the Zend INI scanner's LABEL (a key) cannot hold.
+_NOT_KEY = frozenset('=\t;&|^$~(){}!"[]')
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"false", "off", "no", "none", "null"}
 _ESCAPABLE = '"\\$'
@@ -140,10 +146,8 @@ def parse_ini(text: str, source: str, *, strict: bool = True) -> list[IniEntry]:
                 section = m.group(1).strip()
                 entries.append(IniEntry(section, None, "", lineno))
                 continue
-            m = _SETTING_RE.fullmatch(line)
-            if not m:
-                raise ValueError("malformed line, expected 'key = value'")
-            key, offset, value = m.group(1), m.group(2), parse_value(m.group(3))
+            key, offset, raw_value = split_setting(line)
+            value = parse_value(raw_value)
             if offset is not None:
                 key = f"{key}[{offset.lstrip()}]"  # php keeps trailing blanks
             entries.append(IniEntry(section, key, value, lineno))
@@ -151,6 +155,29 @@ def parse_ini(text: str, source: str, *, strict: bool = True) -> list[IniEntry]:
             if strict:
                 raise FpmConfigError(source, str(exc), lineno) from None
     return entries
+
+
+def split_setting(line: str) -> tuple[str, str | None, str]:
+    """'key = value' or 'name[offset] = value' (a stripped line) into key,
+    offset (None without one) and the raw value; ValueError otherwise.
+    Splits, not a regex: a regex's backtracking over a long line without
+    '=' took minutes, and the line is a tenant's."""
+    equals, bracket = line.find("="), line.find("[")
+    if equals < 0:
+        raise ValueError("malformed line, expected 'key = value'")
+    offset = None
+    if 0 <= bracket < equals:  # name[offset] = value: the offset may hold '='
+        close = line.find("]", bracket)
+        after = line[close + 1 :].lstrip() if close >= 0 else ""
+        if not after.startswith("="):
+            raise ValueError("malformed line, expected 'key = value'")
+        key, offset, value = line[:bracket], line[bracket + 1 : close], after[1:]
+    else:
+        key, value = line[:equals], line[equals + 1 :]
+    key = key.rstrip()
+    if not key or not _NOT_KEY.isdisjoint(key):
+        raise ValueError("malformed line, expected 'key = value'")
+    return key, offset, value
 
 
 def parse_value(raw: str) -> str:
@@ -206,30 +233,48 @@ def parse_value(raw: str) -> str:
     return value
 
 
-_SIZE_RE = re.compile(r"([+-]?\d+)\s*([kKmMgG]?)")
+_SIZE_RE = re.compile(r"([+-]?[0-9]+)\s*([kKmMgG]?)")
 _SIZE_FACTORS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_MAX_DIGITS = 20  # more than any value in range has: int() is never given hundreds
+
+
+def _excerpt(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 def parse_php_size(text: str) -> int | None:
     """PHP's shorthand byte size (memory_limit): bytes, or a K/M/G suffix
-    (either case). -1 means unlimited: None. Raises ValueError otherwise."""
+    (either case), at most MAX_MEMORY_LIMIT. -1 means unlimited: None.
+    Raises ValueError otherwise."""
     m = _SIZE_RE.fullmatch(text.strip())
     if not m:
-        raise ValueError(f"{text!r} is not a size (bytes, or with a K, M or G suffix)")
-    number = int(m.group(1))
+        raise ValueError(f"{_excerpt(text)} is not a size (bytes, or with a K, M or G suffix)")
+    digits, unit = m.group(1), m.group(2).lower()
+    if len(digits.lstrip("+-").lstrip("0")) > _MAX_DIGITS:
+        raise ValueError(f"{_excerpt(text)} is out of range (at most 2**62 bytes)")
+    number = int(digits)
     if number == -1:
         return None
     if number < 0:
-        raise ValueError(f"{text!r} is negative (only -1, unlimited, is allowed)")
-    return number * _SIZE_FACTORS[m.group(2).lower()]
+        raise ValueError(f"{_excerpt(text)} is negative (only -1, unlimited, is allowed)")
+    size = number * _SIZE_FACTORS[unit]
+    if size > MAX_MEMORY_LIMIT:
+        raise ValueError(f"{_excerpt(text)} is out of range (at most 2**62 bytes)")
+    return size
 
 
 def parse_fpm_int(text: str) -> int:
     """An integer setting as php-fpm reads it: optional '-', digits; "" is 0
-    (atoi). Raises ValueError otherwise."""
-    if not re.fullmatch(r"-?[0-9]*", text):
-        raise ValueError(f"{text!r} is not an integer")
-    return int(text) if text.strip("-") else 0
+    (atoi); within 0..MAX_FPM_INT. Raises ValueError otherwise."""
+    digits = text.removeprefix("-")
+    if digits and not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{_excerpt(text)} is not an integer")
+    value = None
+    if len(digits.lstrip("0")) <= _MAX_DIGITS:
+        value = int(text) if digits else 0
+    if value is None or not 0 <= value <= MAX_FPM_INT:
+        raise ValueError(f"{_excerpt(text)} is out of range (0 to {MAX_FPM_INT})")
+    return value
 
 
 # ------------------------------------------------------------ file access

@@ -102,6 +102,7 @@ class Snapshot:
     large_reads: tuple[LargeRead, ...] = ()  # slowest first, bounded
     pools: tuple[PoolStats, ...] = ()  # php-fpm pools, by group name
     phpfpm_config_errors: int = 0  # cumulative failed php-fpm config reads
+    phpfpm_untrusted: int = 0  # processes titled as php-fpm's, not trusted, this cycle
     cgroups: dict[str, CgroupState] = field(default_factory=dict)  # by group name
     host_oom_kills: int | None = None  # /proc/vmstat oom_kill
     host_pressure: dict[str, float] | None = None  # stall seconds by kind

@@ -1,5 +1,6 @@
 """php-fpm 8.2 for the tests: a master started on a config (optionally inside
-a cgroup), its workers per pool found by their process titles, and its stop."""
+a cgroup), its workers per pool found by their process titles, and its stop;
+and what a fake procfs tree needs for a master the exporter trusts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ from conftest import free_port, require_binary, running, wait_until
 
 MASTER_TITLE = "php-fpm: master process"
 POOL_TITLE = "php-fpm: pool "
+# The counters of php-fpm's JSON status page (?json).
+STATUS_KEYS = (
+    "accepted conn",
+    "listen queue",
+    "max listen queue",
+    "idle processes",
+    "active processes",
+    "total processes",
+    "max active processes",
+    "max children reached",
+    "slow requests",
+)
 
 
 def global_section(tmp: Path) -> str:
@@ -34,6 +47,14 @@ def write_static_config(tmp: Path, pools: Mapping[str, int]) -> Path:
     conf = tmp / "php-fpm.conf"
     conf.write_text(text)
     return conf
+
+
+def trusted_master_files(pid_dir: Path, uid: int = 0) -> None:
+    """Make pid_dir (a PID directory of a fake procfs tree) a master the
+    exporter trusts: `exe` links to the real php-fpm binary (root-owned, as
+    the exporter checks) and `status` gives the effective uid."""
+    (pid_dir / "exe").symlink_to(require_binary("php-fpm8.2"))
+    (pid_dir / "status").write_text(f"Name:\tphp-fpm8.2\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
 
 
 def cmdline(pid: int) -> str:
@@ -86,13 +107,16 @@ def running_fpm(
     args: Sequence[str] = (),
     cgroup: Path | None = None,
     graceful: bool = True,
+    binary: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Run `php-fpm8.2 -F -R ARGS -y CONF` in the foreground, its output in
-    php-fpm.out beside conf; master and workers inside cgroup if given. Yield
-    the master once every pool has at least pools[pool] workers. On exit stop
-    it with SIGQUIT (graceful: the workers finish first) or, with
-    graceful=False, SIGTERM (at once, even if a worker is busy)."""
-    argv = [require_binary("php-fpm8.2"), "-F", "-R", *args, "-y", str(conf)]
+    """Run `php-fpm8.2 -F -R ARGS -y CONF` (or that binary) in the foreground,
+    its output in php-fpm.out beside conf; master and workers inside cgroup
+    if given. Yield the master once every pool has at least pools[pool]
+    workers. On exit stop it with SIGQUIT (graceful: the workers finish
+    first) or, with graceful=False, SIGTERM (at once, even if a worker is
+    busy)."""
+    exe = str(binary) if binary else require_binary("php-fpm8.2")
+    argv = [exe, "-F", "-R", *args, "-y", str(conf)]
     if cgroup is not None:
         # The shell joins the cgroup, then execs php-fpm: its workers are born inside.
         argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *argv]

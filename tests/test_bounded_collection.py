@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fpm import trusted_master_files
 
 from exporter.collector import Collector
 from exporter.config import build_config
@@ -260,8 +261,10 @@ def test_threaded_reads_give_the_same_values(tree: Tree) -> None:
 def test_php_fpm_worker_caught_mid_fork_is_reclassified(tree: Tree) -> None:
     master = "php-fpm: master process (/etc/php/8.2/fpm/php-fpm.conf)"
     tree.write(100, "php-fpm8.2", 900, cmdline=master)
+    trusted_master_files(tree.root / "100")
     # Just forked: the worker still carries its parent's title.
     tree.write(101, "php-fpm8.2", 300, cmdline=master, ppid=100)
+    trusted_master_files(tree.root / "101")  # a fork: the same executable
     col = collector(tree, FakeClock())
     first = col.collect()
     assert [(g.name, g.processes) for g in first.groups] == [("php-fpm:master", 2)]

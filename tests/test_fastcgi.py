@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -93,6 +94,7 @@ class FakeServer:
     listener: socket.socket = field(default_factory=socket.socket)
     requests: list[list[Record]] = field(default_factory=list)
     stopped: threading.Event = field(default_factory=threading.Event)
+    accepted: int = 0  # connections
 
     def __post_init__(self) -> None:
         self.listener.bind(("127.0.0.1", 0))
@@ -109,6 +111,7 @@ class FakeServer:
             conn, _ = self.listener.accept()
         except OSError:  # stopped before any client came
             return
+        self.accepted += 1
         with conn:
             conn.settimeout(10)
             records = [read_record(conn)]
@@ -232,6 +235,19 @@ BAD_ANSWERS = {
         sends(lambda rid: record(STDOUT, b"Status: OK\r\n\r\n", rid) + end_request(rid)),
         "malformed",
     ),
+    # '²' is a digit to str.isdigit() (latin-1 0xB2) but not to int().
+    "superscript status": (
+        sends(lambda rid: record(STDOUT, b"Status: \xb200\r\n\r\n", rid) + end_request(rid)),
+        "malformed",
+    ),
+    "status of 5000 digits": (
+        sends(
+            lambda rid: (
+                record(STDOUT, b"Status: " + b"2" * 5000 + b"\r\n\r\n", rid) + end_request(rid)
+            )
+        ),
+        "malformed",
+    ),
     "never answers": (sends(), "timeout"),
 }
 
@@ -256,6 +272,84 @@ def test_endless_answer_stopped_at_max_bytes(fake: Callable[[Reply], FakeServer]
     server = fake(endless)
     with pytest.raises(FastCGIError, match="response larger than 100000 bytes"):
         request(server.listen, "/status", timeout=5, max_bytes=100_000)
+
+
+def test_allow_is_asked_before_connecting(fake: Callable[[Reply], FakeServer]) -> None:
+    """allow sees each resolved TCP address, and a unix socket's path as
+    given; a refused address is never connected to."""
+    server = fake(sends(lambda rid: hello(rid) + end_request(rid)))
+    port = int(server.listen.rsplit(":", 1)[1])
+    asked: list[tuple[int, object]] = []
+
+    def refuse(family: int, address: object) -> bool:
+        asked.append((family, address))
+        return False
+
+    with pytest.raises(FastCGIError, match="address not allowed"):
+        request(f"localhost:{port}", "/status", timeout=2, allow=refuse)
+    with pytest.raises(FastCGIError, match="address not allowed"):
+        request("/run/x.sock", "/status", timeout=2, allow=refuse)
+    assert (socket.AF_INET, ("127.0.0.1", port)) in asked
+    assert asked[-1] == (socket.AF_UNIX, "/run/x.sock")
+    assert server.accepted == 0
+    # Allowed, the same request is answered.
+    response = request(server.listen, "/status", timeout=5, allow=lambda f, a: True)
+    assert (response.body, server.accepted) == (b"hello", 1)
+
+
+@contextlib.contextmanager
+def unix_listener(path: Path) -> Iterator[list[bytes]]:
+    """A unix socket listening at path, made by this process (see recording)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    with recording(listener) as received:
+        yield received
+
+
+@contextlib.contextmanager
+def recording(listener: socket.socket) -> Iterator[list[bytes]]:
+    """Make the bound listener listen; yield what each connection sent
+    (read for half a second, then it is closed); close it on exit."""
+    received: list[bytes] = []
+    listener.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(0.5)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                received.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(10)
+
+
+def test_peer_of_a_unix_socket_is_checked_before_sending(tmp_path: Path) -> None:
+    """peer names who must have made the socket listen: this process here.
+    Any other pid, or (when the kernel gives no pid) another uid, and not a
+    byte is sent."""
+    path = tmp_path / "s.sock"
+    with unix_listener(path) as received:
+        with pytest.raises(FastCGIError, match="socket held by another process"):
+            request(str(path), "/status", timeout=2, peer=(1, os.getuid()))
+        with pytest.raises(FastCGIError, match="truncated response"):  # sent, then closed
+            request(str(path), "/status", timeout=5, peer=(os.getpid(), os.getuid()))
+    assert len(received) == 2
+    assert received[0] == b""
+    assert received[1].startswith(bytes([1, BEGIN]))  # a FastCGI BEGIN_REQUEST
 
 
 def test_closed_port_and_missing_socket(tmp_path: Path) -> None:
@@ -313,6 +407,8 @@ def test_parse_address(listen: str, expected: tuple) -> None:
         "1.2.3:9000",
         "bad host:9000",
         "/run/a:b",
+        "a" * 64 + ".example:9000",  # a label the resolver's idna codec refuses
+        "/run/a\0b",  # the kernel would connect to /run/a
     ],
 )
 def test_parse_address_rejects_garbage(listen: str) -> None:

@@ -12,11 +12,13 @@ import yaml
 
 from exporter.config import Config, ConfigError, build_config
 from exporter.grouping import (
+    FpmMaster,
     FpmRole,
     compile_go_regex,
     compile_rule,
     fpm_pool_groups,
     fpm_role,
+    outside_fpm_groups,
 )
 from exporter.procfs import parse_cmdline
 
@@ -339,7 +341,7 @@ MASTER_CONF = "/etc/php/8.2/fpm/php-fpm.conf"
 
 def test_fpm_pool_groups_single_master() -> None:
     pools = {("www", 100): None, ("api", 100): None}
-    masters = {100: (MASTER_CONF, 5000)}
+    masters = {100: FpmMaster(MASTER_CONF, 5000, 0)}
     assert fpm_pool_groups(pools, masters) == {
         ("www", 100): "php-fpm:www",
         ("api", 100): "php-fpm:api",
@@ -348,7 +350,10 @@ def test_fpm_pool_groups_single_master() -> None:
 
 def test_fpm_pool_groups_two_masters_different_configs() -> None:
     pools = {("www", 100): None, ("www", 200): None, ("api", 200): None}
-    masters = {100: (MASTER_CONF, 900), 200: ("/etc/php/7.4/fpm/php-fpm.conf", 100)}
+    masters = {
+        100: FpmMaster(MASTER_CONF, 900, 0),
+        200: FpmMaster("/etc/php/7.4/fpm/php-fpm.conf", 100, 0),
+    }
     assert fpm_pool_groups(pools, masters) == {
         ("www", 100): "php-fpm:www@/etc/php/8.2/fpm/php-fpm.conf",
         ("www", 200): "php-fpm:www@/etc/php/7.4/fpm/php-fpm.conf",
@@ -360,11 +365,48 @@ def test_fpm_pool_groups_two_masters_same_config_numbered_by_start_time() -> Non
     # e.g. two containers with the same image: the master started first is #1,
     # whatever its PID.
     pools = {("www", 100): None, ("www", 200): None}
-    masters = {100: (MASTER_CONF, 900), 200: (MASTER_CONF, 100)}
+    masters = {100: FpmMaster(MASTER_CONF, 900, 0), 200: FpmMaster(MASTER_CONF, 100, 0)}
     assert fpm_pool_groups(pools, masters) == {
         ("www", 200): "php-fpm:www#1",
         ("www", 100): "php-fpm:www#2",
     }
+
+
+def test_fpm_pool_groups_a_users_master_does_not_rename_roots_pool() -> None:
+    """A user may run php-fpm itself (a trusted binary) with a pool www, even
+    with the system's config path in its title: the one root master keeps
+    php-fpm:www, the users' masters are told apart among themselves."""
+    pools = {("www", 100): None, ("www", 200): None, ("www", 300): None}
+    masters = {
+        100: FpmMaster(MASTER_CONF, 900, 0),
+        200: FpmMaster(MASTER_CONF, 100, 1000),  # older: would have been #1
+        300: FpmMaster(MASTER_CONF, 950, 1001),
+    }
+    assert fpm_pool_groups(pools, masters) == {
+        ("www", 100): "php-fpm:www",
+        ("www", 200): "php-fpm:www#1",
+        ("www", 300): "php-fpm:www#2",
+    }
+    # Two root masters (two containers): named among all, as before.
+    masters[300] = FpmMaster("/srv/b.conf", 950, 0)
+    assert fpm_pool_groups(pools, masters) == {
+        ("www", 200): "php-fpm:www#1",
+        ("www", 100): "php-fpm:www#2",
+        ("www", 300): "php-fpm:www#3",
+    }
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        ("php-fpm:www", "untrusted:php-fpm:www"),
+        ("php-fpm:master", "untrusted:php-fpm:master"),
+        ("php-fpm8.2", "php-fpm8.2"),  # a comm: not a pool's name
+        ("nginx", "nginx"),
+    ],
+)
+def test_outside_fpm_groups(group: str, expected: str) -> None:
+    assert outside_fpm_groups(group) == expected
 
 
 @pytest.mark.parametrize(

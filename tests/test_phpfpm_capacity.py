@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fpm import global_section, pool_workers, running_fpm
+from fpm import STATUS_KEYS, global_section, pool_workers, running_fpm
 from test_phpfpm_live import between, pool_sums, rollup_kb
 
 from exporter.cgroup import headroom, memory_dirs, parse_proc_cgroup, read_memory
@@ -533,3 +533,92 @@ def test_idle_ondemand_pool_is_reported_from_its_config(tmp_path: Path) -> None:
     assert group_value(s, "pss_phpfpm_budget_bytes", pool.group) > 0
     assert ("pss_phpfpm_projected_bytes", frozenset({("group", pool.group)})) not in s
     assert ("pss_group_processes", frozenset({("group", pool.group)})) not in s
+
+
+# ------------------------------------------------- hostile configs and pages
+
+
+def exported_with_log(*args: str) -> tuple[dict, str]:
+    """`pss-exporter once ARGS`: the parsed samples and what it logged."""
+    result = run_cli("once", *args)
+    assert result.returncode == 0, result.stderr
+    return parse_samples(result.stdout), result.stderr
+
+
+def has_series(samples: dict, name: str, group: str) -> bool:
+    return (name, frozenset({("group", group)})) in samples
+
+
+def static_pool_config(tmp: Path, name: str) -> tuple[Path, str]:
+    """tmp/php-fpm.conf with one static pool of one worker: (path, text)."""
+    text = global_section(tmp) + (
+        f"[{name}]\nlisten = 127.0.0.1:{free_port()}\npm = static\npm.max_children = 1\n"
+    )
+    conf = tmp / "php-fpm.conf"
+    conf.write_text(text)
+    return conf, text
+
+
+def test_huge_number_in_a_config_loses_that_config_only(fpm: Fpm, tmp_path: Path) -> None:
+    """A 400-digit pm.max_children (written after the master started, as a
+    tenant may) is that master's config error: its pool keeps its memory
+    metrics, every other pool everything, and the exposition renders."""
+    name = f"huge_{SUFFIX}"
+    conf, text = static_pool_config(tmp_path, name)
+    with running_fpm(conf, {name: 1}):
+        conf.write_text(text.replace("pm.max_children = 1", "pm.max_children = " + "9" * 400))
+        s, logged = exported_with_log()
+    assert f"{conf}:8: bad value for pm.max_children: '{'9' * 37}...' is out of range" in logged
+    assert host_value(s, "pss_phpfpm_config_errors_total") >= 1
+    group = f"php-fpm:{name}"
+    assert group_value(s, "pss_group_processes", group) == 1
+    assert not has_series(s, "pss_phpfpm_max_children", group)
+    for pool in fpm.pools.values():
+        assert group_value(s, "pss_phpfpm_max_children", pool.group) == pool.max_children
+
+
+@pytest.mark.parametrize("counter", [int("9" * 400), 2**63, -1])
+def test_status_counter_out_of_range_is_that_pages_error(
+    fpm: Fpm, tmp_path: Path, counter: int
+) -> None:
+    """A status page (here over the HTTP override) claiming a counter beyond
+    0..2**63-1 did not answer: status_up 0 for its pool, the others intact."""
+    pool = fpm.pools[DYNAMIC]
+    page = json.dumps({key: 1 for key in STATUS_KEYS} | {"accepted conn": counter}).encode()
+
+    class Lying(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(page)
+
+    with serving_http(Lying) as url:
+        config = write_yaml(tmp_path, f"php_fpm: {{pools: {{{pool.name}: {{status: '{url}'}}}}}}\n")
+        s = exported("--config", config)
+    assert group_value(s, "pss_phpfpm_status_up", pool.group) == 0
+    assert not has_series(s, "pss_phpfpm_accepted_connections_total", pool.group)
+    assert group_value(s, "pss_phpfpm_max_children", pool.group) == pool.max_children
+    assert group_value(s, "pss_phpfpm_status_up", fpm.pools[STATIC].group) == 1
+
+
+def test_deleted_include_is_counted_not_silent(tmp_path: Path) -> None:
+    """A pool's include file deleted while its workers run: its capacity
+    metrics go (its config is gone), and that is counted and logged as the
+    master's config error; the other pool keeps everything."""
+    kept, gone = f"kept_{SUFFIX}", f"gone_{SUFFIX}"
+    (tmp_path / "pool.d").mkdir()
+    conf = tmp_path / "php-fpm.conf"
+    conf.write_text(global_section(tmp_path) + f"include = {tmp_path}/pool.d/*.conf\n")
+    for name in (kept, gone):
+        (tmp_path / "pool.d" / f"{name}.conf").write_text(
+            f"[{name}]\nlisten = 127.0.0.1:{free_port()}\npm = static\npm.max_children = 1\n"
+        )
+    with running_fpm(conf, {kept: 1, gone: 1}):
+        (tmp_path / "pool.d" / f"{gone}.conf").unlink()
+        s, logged = exported_with_log()
+    assert f"{conf}: pools running but not configured: '{gone}'" in logged
+    assert host_value(s, "pss_phpfpm_config_errors_total") >= 1
+    assert group_value(s, "pss_group_processes", f"php-fpm:{gone}") == 1
+    assert not has_series(s, "pss_phpfpm_max_children", f"php-fpm:{gone}")
+    assert group_value(s, "pss_phpfpm_max_children", f"php-fpm:{kept}") == 1

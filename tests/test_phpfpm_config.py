@@ -291,6 +291,28 @@ def test_malformed_line_in_included_file(tmp_path: Path) -> None:
             "php_value[memory_limit] = lots",
             "bad value for memory_limit: 'lots' is not a size (bytes, or with a K, M or G suffix)",
         ),
+        # Numbers php-fpm keeps in a C int, PHP in a 64-bit one: beyond, the
+        # value is garbage (and 400 digits do not render as a float).
+        (
+            "pm.max_children = " + "9" * 400,
+            f"bad value for pm.max_children: '{'9' * 37}...' is out of range (0 to 2147483647)",
+        ),
+        (
+            "pm.max_requests = 2147483648",
+            "bad value for pm.max_requests: '2147483648' is out of range (0 to 2147483647)",
+        ),
+        (
+            "pm.max_children = -1",
+            "bad value for pm.max_children: '-1' is out of range (0 to 2147483647)",
+        ),
+        (
+            "php_admin_value[memory_limit] = " + "9" * 400 + "M",
+            f"bad value for memory_limit: '{'9' * 37}...' is out of range (at most 2**62 bytes)",
+        ),
+        (
+            "php_value[memory_limit] = 4294967297G",
+            "bad value for memory_limit: '4294967297G' is out of range (at most 2**62 bytes)",
+        ),
     ],
 )
 def test_bad_values(tmp_path: Path, setting: str, reason: str) -> None:
