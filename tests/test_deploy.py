@@ -8,13 +8,15 @@
   capabilities for a non-root user through setpriv; seccomp filters built with
   libseccomp from the unit's own SystemCallFilter=, MemoryDenyWriteExecute= and
   RestrictAddressFamilies=. A live php-fpm pool must still be read in full from
-  inside it.
+  inside it. The unit's OOMScoreAdjust= and memory bound are replayed too: a
+  cgroup with the unit's limits, the score written before the namespaces; the
+  exporter must serve inside them and a leak in them must end there.
 - Dockerfile: its instructions parsed and linted, its builder stage replayed into
   a temp dir (wheel, fresh venv, `pss-exporter --version`), its HEALTHCHECK run.
 - deploy/kubernetes/: every manifest parsed and the fields that matter checked.
 
-Run as a script, this file is the launcher of the replayed sandbox (`mounts`
-and `seccomp` steps, see sandbox_command).
+Run as a script, this file is the launcher of the replayed sandbox (`limits`,
+`mounts` and `seccomp` steps, see sandbox_command).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ from conftest import (
     http_get,
     parse_samples,
     require_binary,
+    running,
     running_exporter,
     running_server,
+    wait_until,
 )
 
 SYSTEMD = ROOT / "systemd"
@@ -292,11 +296,15 @@ REPLAYED = {
 }
 
 
-def sandbox_command(command: list[str]) -> list[str]:
+def sandbox_command(command: list[str], limits: dict | None = None) -> list[str]:
+    """The replay of the unit around command; with limits (see limits_step),
+    first what systemd does before it sets up the namespaces."""
     for key, value in REPLAYED.items():
         assert unit_values(UNIT, key) == [value], f"the replay assumes {key}={value}"
     me = [sys.executable, str(Path(__file__).resolve())]
+    first = [*me, "limits", json.dumps(limits), "--"] if limits else []
     return [
+        *first,
         require_binary("unshare"),
         "--mount",
         "--propagation=private",
@@ -310,9 +318,11 @@ def sandbox_command(command: list[str]) -> list[str]:
     ]
 
 
-def run_sandboxed(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_sandboxed(
+    code: str, *args: str, limits: dict | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        sandbox_command([sys.executable, "-c", code, *args]),
+        sandbox_command([sys.executable, "-c", code, *args], limits),
         capture_output=True,
         text=True,
         timeout=60,
@@ -321,13 +331,13 @@ def run_sandboxed(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def sandboxed_exporter() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def sandboxed_exporter(limits: dict | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`pss-exporter serve` inside the replayed sandbox; yields (URL, process)
     once /healthz answers 200."""
     port = free_port()
     exporter = [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}"]
     url = f"http://127.0.0.1:{port}"
-    with running_server(sandbox_command(exporter), url) as proc:
+    with running_server(sandbox_command(exporter, limits), url) as proc:
         yield url, proc
 
 
@@ -437,6 +447,125 @@ def test_sandbox_replay_confines_like_the_unit(tmp_path: Path) -> None:
     # A syscall outside the allow list (setgroups is @privileged) kills.
     killed = run_sandboxed("import os; os.setgroups([])")
     assert killed.returncode == -signal.SIGSYS
+
+
+# The exporter reports OOM kills: it must survive them (OOMScoreAdjust=) and
+# must not cause one (its own memory bound).
+
+
+@dataclass(frozen=True)
+class OomProtection:
+    score_adj: int
+    memory_high: int
+    memory_max: int
+    swap_max: int
+
+
+def systemd_bytes(value: str) -> int:
+    """A systemd size such as 256M: K, M, G and T are powers of 1024."""
+    factors = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(value[:-1]) * factors[value[-1]] if value[-1] in factors else int(value)
+
+
+def unit_oom_protection() -> OomProtection:
+    (adj,) = unit_values(UNIT, "OOMScoreAdjust")
+    sizes = [unit_values(UNIT, k) for k in ("MemoryHigh", "MemoryMax", "MemorySwapMax")]
+    assert all(len(v) == 1 for v in sizes), sizes
+    return OomProtection(int(adj), *(systemd_bytes(v) for (v,) in sizes))
+
+
+PEAK_RSS = 49 << 20  # VmHWM with 10,000 processes, docs/performance.md
+
+
+def test_unit_keeps_the_exporter_killable_last_and_bounds_its_memory() -> None:
+    oom = unit_oom_protection()
+    # Strongly negative, not -1000 (OOM_SCORE_ADJ_MIN), which would exempt it.
+    assert -1000 < oom.score_adj <= -900
+    # Room for the largest measured exporter, throttled before it is killed.
+    assert 2 * PEAK_RSS < oom.memory_high < oom.memory_max <= 512 << 20
+    assert oom.swap_max == 0  # a leak cannot move on into swap
+    for key in ("OOMScoreAdjust", "MemoryHigh", "MemoryMax", "MemorySwapMax"):
+        (value,) = unit_values(UNIT, key)
+        assert f"`{key}={value}`" in DOCS.read_text(), key
+
+
+def apply_memory_settings(cgroup: Path, oom: OomProtection) -> None:
+    """What systemd writes into the unit's cgroup. On v1 MemoryMax= becomes
+    the memory limit; MemoryHigh= and MemorySwapMax= have no v1 equivalent."""
+    if (cgroup / "memory.max").exists():
+        settings = {"memory.high": oom.memory_high, "memory.max": oom.memory_max}
+        if (cgroup / "memory.swap.max").exists():
+            settings["memory.swap.max"] = oom.swap_max
+    else:
+        settings = {"memory.limit_in_bytes": oom.memory_max}
+    for name, value in settings.items():
+        (cgroup / name).write_text(str(value))
+        assert int((cgroup / name).read_text()) == value, name
+
+
+def cgroup_file(cgroup: Path, v2: str, v1: str) -> Path:
+    return cgroup / v2 if (cgroup / v2).exists() else cgroup / v1
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def score_shift(score_adj: int) -> int:
+    """What the replay adds to every OOM score it sets. Lowering a score below
+    the inherited one (0) needs CAP_SYS_RESOURCE, which containers such as the
+    test machines lack (systemd then ignores OOMScoreAdjust=). The kernel
+    compares scores, so shifting all of them by the same amount keeps its
+    choice: the exporter still ranks below every process at the default."""
+    status = dict(
+        line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines()
+    )
+    return 0 if int(status["CapEff"], 16) >> CAP_SYS_RESOURCE & 1 else max(0, -score_adj)
+
+
+def rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+
+
+def test_oom_score_and_memory_bound_take_effect_on_the_exporter(limited_cgroup: Path) -> None:
+    """PID 1 here is not systemd: the unit's settings are replayed around the
+    sandbox. The exporter serves inside its bound with its score, and the
+    kernel ranks it below a smaller process at the default score; a leak
+    inside the same bound, at the same score, is killed there."""
+    oom = unit_oom_protection()
+    apply_memory_settings(limited_cgroup, oom)
+    shift = score_shift(oom.score_adj)
+    limits = {"oom_score_adj": oom.score_adj + shift, "cgroup": str(limited_cgroup)}
+    default = {"oom_score_adj": shift, "cgroup": str(limited_cgroup)}
+    me = [sys.executable, str(Path(__file__).resolve())]
+    with (
+        sandboxed_exporter(limits) as (url, proc),
+        running([*me, "limits", json.dumps(default), "--", "sleep", "60"]) as other,
+    ):
+        status, _, body = http_get(url + "/metrics")
+        assert status == 200
+        processes = [
+            v for (name, _), v in parse_samples(body.decode()).items()
+            if name == "pss_group_processes"
+        ]  # fmt: skip
+        assert sum(processes) > 0
+        adj = Path(f"/proc/{proc.pid}/oom_score_adj").read_text().strip()
+        assert int(adj) == oom.score_adj + shift
+        assert f"/{limited_cgroup.name}\n" in Path(f"/proc/{proc.pid}/cgroup").read_text()
+        comm = Path(f"/proc/{other.pid}/comm")
+        wait_until("the launcher to exec sleep", lambda: comm.read_text() == "sleep\n")
+        # Bigger, yet the OOM killer's last choice: the score, not the size.
+        assert rss(proc.pid) > rss(other.pid)
+        scores = [int(Path(f"/proc/{p}/oom_score").read_text()) for p in (proc.pid, other.pid)]
+        assert scores[0] < scores[1]
+        peak = cgroup_file(limited_cgroup, "memory.peak", "memory.max_usage_in_bytes")
+        assert 0 < int(peak.read_text()) < oom.memory_high
+    leak = run_sandboxed(
+        "import sys; x = b'1' * int(sys.argv[1])", str(2 * oom.memory_max), limits=limits
+    )
+    assert leak.returncode == -signal.SIGKILL, leak.stderr
+    events = cgroup_file(limited_cgroup, "memory.events", "memory.oom_control").read_text()
+    counts = dict(line.split() for line in events.splitlines())
+    assert int(counts["oom_kill"]) == 1
 
 
 # Launcher steps, run as `python test_deploy.py STEP ... -- COMMAND...`.
@@ -569,10 +698,20 @@ def seccomp_step(spec: dict) -> None:
     load_filter(SCMP_ACT_KILL_PROCESS, [Rule(name, SCMP_ACT_ALLOW) for name in spec["allow"]])
 
 
+def limits_step(spec: dict) -> None:
+    """As root, before the namespaces, as systemd does for OOMScoreAdjust=
+    (lowering it needs CAP_SYS_RESOURCE; ReadOnlyPaths=/proc would forbid
+    it later) and for the unit's cgroup, whose memory settings the test wrote."""
+    Path("/proc/self/oom_score_adj").write_text(str(spec["oom_score_adj"]))
+    Path(spec["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
+
+
 def launcher(argv: list[str]) -> None:
     split = argv.index("--")
     step, params, command = argv[0], argv[1:split], argv[split + 1 :]
-    if step == "mounts":
+    if step == "limits":
+        limits_step(json.loads(params[0]))
+    elif step == "mounts":
         mounts_step()
     elif step == "seccomp":
         seccomp_step(json.loads(params[0]))
@@ -885,6 +1024,37 @@ def test_daemonset_reads_the_host_proc_read_only_with_two_capabilities() -> None
     assert pod["automountServiceAccountToken"] is False
 
 
+def qos_class(pod: dict) -> str:
+    """The pod's QoS class as Kubernetes computes it: Guaranteed when every
+    container has cpu and memory limits and requests equal to them (a missing
+    request defaults to its limit), BestEffort with none set at all."""
+    guaranteed, any_set = True, False
+    for container in pod["containers"] + pod.get("initContainers", []):
+        res = container.get("resources", {})
+        limits = res.get("limits", {})
+        requests = {**limits, **res.get("requests", {})}
+        any_set = any_set or bool(requests)
+        for kind in ("cpu", "memory"):
+            if kind not in limits or quantity(requests[kind]) != quantity(limits[kind]):
+                guaranteed = False
+    return "Guaranteed" if guaranteed else "Burstable" if any_set else "BestEffort"
+
+
+def test_daemonset_pod_is_the_oom_killers_last_choice_within_the_units_bound() -> None:
+    pod = only("DaemonSet")["spec"]["template"]["spec"]
+    # The kubelet gives Guaranteed pods, and system-node-critical ones whatever
+    # their class, oom_score_adj -997; a Burstable pod that requests 256Mi of a
+    # 16 GiB node gets 985, among the first to go (pkg/kubelet/qos/policy.go).
+    # Both, so that dropping the priority class keeps the protection.
+    assert qos_class(pod) == "Guaranteed"
+    assert pod["priorityClassName"] == "system-node-critical"
+    (container,) = pod["containers"]
+    limit = quantity(container["resources"]["limits"]["memory"])
+    assert limit == unit_oom_protection().memory_max  # the same bound as the unit
+    assert qos_class({"containers": [{"resources": {"requests": {"cpu": "1"}}}]}) == "Burstable"
+    assert qos_class({"containers": [{}]}) == "BestEffort"
+
+
 def test_servicemonitor_scrapes_the_service_of_the_daemonset_pods() -> None:
     ds, service, monitor = only("DaemonSet"), only("Service"), only("ServiceMonitor")
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
@@ -920,6 +1090,11 @@ def test_documented_docker_run_lines_pass_flags_the_exporter_accepts() -> None:
         else:
             assert f"/proc:{args.procfs}:ro" in argv and f"/sys:{args.sysfs}:ro" in argv
         assert {"--cap-drop=ALL", "--cap-add=SYS_PTRACE", "--cap-add=DAC_READ_SEARCH"} <= set(argv)
+        # The unit's OOM protection and memory bound, no swap (Docker's m is MiB).
+        oom = unit_oom_protection()
+        mib = oom.memory_max >> 20
+        memory = {f"--oom-score-adj={oom.score_adj}", f"--memory={mib}m", f"--memory-swap={mib}m"}
+        assert memory <= set(argv)
 
 
 if __name__ == "__main__":
