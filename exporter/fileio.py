@@ -3,8 +3,11 @@
 Config files, web configs and a container's php-fpm configs may be written by
 a local user or a tenant. A FIFO must not hang the reader, a device such as
 /dev/zero must not be read until memory runs out, and a huge file must not
-take minutes to load: the open never blocks, anything but a regular file is
-refused before a byte is read, and reads stop one byte past the limit.
+take minutes to load: a path is first opened with O_PATH, which opens
+nothing, and only a regular file is then opened for reading (through
+/proc/self/fd, the same inode): opening a device can act (a watchdog arms, a
+tape rewinds) and opening a FIFO wakes its writer. Reads stop one byte past
+the limit.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ def read_regular(path: str, limit: int, *, nofollow: bool = False) -> bytes:
     ELOOP for a final symlink when nofollow is set; ValueError for a path with
     a NUL byte.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if nofollow:
-        flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags)
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(where).st_mode
+        if stat.S_ISLNK(mode):  # O_PATH | O_NOFOLLOW opens the link itself
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
+        fd = os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    finally:
+        os.close(where)
+    try:
         chunks: list[bytes] = []
         left = limit + 1
         while left > 0:

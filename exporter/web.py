@@ -3,11 +3,14 @@ landing page, /healthz the freshness of the snapshot.
 
 Hostile input is bounded: only GET and HEAD (405 otherwise) on three paths
 (404 otherwise); the request line and headers are limited by http.server
-(64 KiB lines, 99 header fields: 414/431) and must arrive within HEAD_DEADLINE
-of their first byte; a connection may wait IDLE_TIMEOUT for its next request.
-At most MAX_CONNECTIONS (fewer when file descriptors are scarce) are served at
-once; when all are taken, a new connection evicts the one that has waited
-longest for a request (idle, or still sending its head), so silent or slow
+(64 KiB lines, 99 header fields: 414/431), the headers to MAX_HEADER_BYTES in
+all (431), and they must arrive within HEAD_DEADLINE of their first byte; a
+connection may wait IDLE_TIMEOUT for its next request, and a response must be
+sent within RESPONSE_DEADLINE. At most MAX_CONNECTIONS (fewer when file
+descriptors are scarce) are served at once; when all are taken, a new
+connection evicts the one that has waited longest for a request (idle, or
+still sending its head), or else the one answered for longest if that took
+over BUSY_GRACE (a client that does not read its response), so silent or slow
 clients can hold slots only until someone else needs them. TLS, client
 certificates, basic auth and extra headers come from the exporter-toolkit web
 config (webconfig.py).
@@ -16,6 +19,8 @@ config (webconfig.py).
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
 import logging
 import resource
 import socket
@@ -39,6 +44,9 @@ MAX_CONNECTIONS = 1024
 FDS_RESERVED = 64  # file descriptors kept for /proc reads, sockets to php-fpm, logs
 IDLE_TIMEOUT = 15.0  # seconds a connection may wait for a request (TLS handshake included)
 HEAD_DEADLINE = 10.0  # seconds from a request's first byte to the end of its headers
+RESPONSE_DEADLINE = 15.0  # seconds from a complete head to the end of its response
+BUSY_GRACE = 2.0  # seconds after which a response being sent may be evicted
+MAX_HEADER_BYTES = 1 << 16  # of a request's header lines, in all
 EVICT_WAIT = 1.0  # seconds accept waits for an evicted connection's thread to end
 SWEEP_EVERY = 0.25  # seconds between checks of the waiting connections' deadlines
 
@@ -190,10 +198,12 @@ class _Slots:
     A connection waits (idle after a response, or still sending a request
     head) or is busy (its request is being answered). Waiting ones are kept
     in the order they started waiting, each with a deadline: the idle timeout,
-    then HEAD_DEADLINE from a request's first byte. When all slots are taken,
-    a new connection evicts the longest waiting one; busy ones are never
-    evicted. Hang-ups happen under the lock and a connection leaves the table
-    before its socket is closed, so a hang-up never hits a reused descriptor.
+    then HEAD_DEADLINE from a request's first byte; busy ones in the order
+    they became busy, due within RESPONSE_DEADLINE. When all slots are taken,
+    a new connection evicts the longest waiting one, or else the longest busy
+    one if it has been busy for over BUSY_GRACE. Hang-ups happen under the
+    lock and a connection leaves the table before its socket is closed, so a
+    hang-up never hits a reused descriptor.
     """
 
     def __init__(self, limit: int, idle: float, head: float) -> None:
@@ -201,23 +211,34 @@ class _Slots:
         self._cond = threading.Condition()
         self._all: set[socket.socket] = set()
         self._waiting: OrderedDict[socket.socket, float] = OrderedDict()  # -> deadline
-        self._busy: set[socket.socket] = set()
+        self._busy: OrderedDict[socket.socket, float] = OrderedDict()  # -> since
         self._next_sweep = 0.0
 
     def admit(self, sock: socket.socket) -> bool:
         """Take a slot for a new connection, evicting if need be; False if
-        every slot is busy."""
+        every slot is busy, none for long."""
         with self._cond:
             if len(self._all) >= self.limit:
-                if not self._waiting:
+                victim = self._victim()
+                if victim is None:
                     return False
-                victim, _ = self._waiting.popitem(last=False)
                 _hang_up(victim)
                 if not self._cond.wait_for(lambda: len(self._all) < self.limit, EVICT_WAIT):
                     return False
             self._all.add(sock)
             self._waiting[sock] = time.monotonic() + self.idle_timeout
             return True
+
+    def _victim(self) -> socket.socket | None:
+        """The connection to evict (out of the table), if any may be."""
+        if self._waiting:
+            return self._waiting.popitem(last=False)[0]
+        if self._busy:
+            sock, since = next(iter(self._busy.items()))
+            if time.monotonic() - since > BUSY_GRACE:
+                del self._busy[sock]
+                return sock
+        return None
 
     def reading(self, sock: socket.socket) -> None:
         """A request's first byte arrived: its head is due within head_deadline."""
@@ -230,25 +251,24 @@ class _Slots:
         with self._cond:
             if self._waiting.pop(sock, None) is None:
                 return False
-            self._busy.add(sock)
+            self._busy[sock] = time.monotonic()
             return True
 
     def idle(self, sock: socket.socket) -> None:
         """The response is sent: the connection waits for its next request."""
         with self._cond:
-            if sock in self._busy:
-                self._busy.remove(sock)
+            if self._busy.pop(sock, None) is not None:
                 self._waiting[sock] = time.monotonic() + self.idle_timeout
 
     def release(self, sock: socket.socket) -> None:
         with self._cond:
             self._all.discard(sock)
-            self._busy.discard(sock)
+            self._busy.pop(sock, None)
             self._waiting.pop(sock, None)
             self._cond.notify()
 
     def sweep(self) -> None:
-        """Hang up the waiting connections past their deadline."""
+        """Hang up the connections past their deadline."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
@@ -257,7 +277,27 @@ class _Slots:
             late = [sock for sock, deadline in self._waiting.items() if deadline <= now]
             for sock in late:
                 del self._waiting[sock]
+            slow = [sock for sock, since in self._busy.items() if since + RESPONSE_DEADLINE <= now]
+            for sock in slow:
+                del self._busy[sock]
+            for sock in late + slow:
                 _hang_up(sock)
+
+
+class _HeadReader:
+    """The connection's reader as http.client.parse_headers uses it, stopping
+    at MAX_HEADER_BYTES: its own bounds (64 KiB a line, 100 lines) let one
+    request hold 6 MB, every slot gigabytes."""
+
+    def __init__(self, rfile: io.BufferedIOBase, limit: int = MAX_HEADER_BYTES) -> None:
+        self._rfile, self._left = rfile, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._rfile.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:  # parse_request answers 431, as for one long line
+            raise http.client.LineTooLong("request headers")
+        return line
 
 
 class _Server(ThreadingHTTPServer):
@@ -363,8 +403,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.slots.idle(self.request)
 
     def parse_request(self) -> bool:
-        if not super().parse_request():
-            return False
+        rfile, self.rfile = self.rfile, _HeadReader(self.rfile)
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self.rfile = rfile
         if not self.server.slots.busy(self.request):  # evicted, or past its deadline
             self.close_connection = True
             return False

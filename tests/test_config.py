@@ -7,6 +7,9 @@ tests/test_cli.py; these tests call the loader and look at its messages."""
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from exporter.config import (
     ConfigError,
     load_config,
 )
+from exporter.fileio import read_regular
 
 # The longest message a rejected value may give after the file name: key
 # path, reason and an excerpt of at most EXCERPT characters.
@@ -226,3 +230,26 @@ def test_config_is_read_up_to_the_size_cap(tmp_path: Path) -> None:
     # One byte more used to be read and parsed too, however large the file.
     message = rejected(tmp_path, padded + "\n")
     assert message.endswith(f": cannot read: larger than {MAX_CONFIG_BYTES} bytes")
+
+
+def test_a_fifo_config_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """read_regular opened a path before checking its type: opening a FIFO
+    woke a writer waiting on it (and opening a device can act: a watchdog
+    arms). A FIFO is now refused from an O_PATH descriptor, never opened."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        os.close(os.open(fifo, os.O_WRONLY))  # blocks until a reader opens it
+        opened.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    with pytest.raises(OSError) as refused:
+        read_regular(str(fifo), 1024)
+    assert refused.value.errno == errno.EINVAL
+    assert not opened.wait(0.5), "the FIFO was opened: its writer woke"
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release the writer
+    assert opened.wait(5)
+    thread.join(5)

@@ -20,7 +20,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from exporter import webconfig
+from exporter import web, webconfig
 from exporter.collector import Collector
 from exporter.config import build_config
 from exporter.loop import CollectionLoop
@@ -231,3 +231,76 @@ def test_a_handler_error_is_one_log_line_and_closes_only_its_connection(
     message = errors[0].getMessage()
     assert "internal error: RuntimeError: 'no exposition\\nsecond line'" in message
     assert "\n" not in message and errors[0].exc_info is None
+
+
+# ------------------------------------------------------ head size, slow readers
+
+
+def test_request_headers_over_64k_in_all_are_431() -> None:
+    """http.server bounds a header line (64 KiB) and their number (100), not
+    their sum: one request held 6.4 MB, 1,024 slots gigabytes."""
+    with serving() as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.putrequest("GET", "/metrics")
+        for i in range(3):
+            conn.putheader(f"X-Pad-{i}", "a" * 30_000)  # each line well under 64 KiB
+        conn.endheaders()
+        assert conn.getresponse().status == 431
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/metrics", headers={"X-Pad": "a" * 30_000})
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+class _BigExposition:
+    body_bytes = b"# padding\n" * 1_600_000  # 16 MB: more than any socket buffers hold
+
+    def body(self, fmt: str, gz: bool) -> bytes:
+        return self.body_bytes
+
+
+class BigLoop(BrokenLoop):
+    """A collection loop with an exposition too big for the socket buffers."""
+
+    latest = _BigExposition()
+
+
+def stalled_reader(port: int) -> socket.socket:
+    """A connection that asks for /metrics and never reads the answer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
+def test_clients_that_do_not_read_their_responses_do_not_lock_out_scrapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Busy connections were never evicted: two slots held by clients that
+    never read a response refused every other connection."""
+    monkeypatch.setattr(web, "BUSY_GRACE", 0.5)
+    with serving(loop=BigLoop(), slots=2) as port, ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(stalled_reader(port))
+        time.sleep(1.5)  # both busy sending, past the grace
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == _BigExposition.body_bytes
+        conn.close()
+
+
+def test_a_response_must_be_sent_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response had only the socket's timeout (per TLS record: minutes for
+    a client reading a little now and then); now it has a deadline."""
+    monkeypatch.setattr(web, "RESPONSE_DEADLINE", 1.0)
+    with serving(loop=BigLoop()) as port, stalled_reader(port) as sock:
+        time.sleep(2.5)  # past the deadline, well within the socket timeout
+        received, whole = 0, len(_BigExposition.body_bytes)
+        with contextlib.suppress(ConnectionError):
+            while received < whole and (chunk := sock.recv(1 << 20)):
+                received += len(chunk)
+        assert 0 < received < whole  # cut short: the server hung up
