@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+from .config import excerpt
 from .phpfpm_config import RootedFiles
 
 VERSION = 1
@@ -74,14 +75,14 @@ def parse_address(listen: str) -> tuple[socket.AddressFamily, Address]:
     """
     listen = listen.strip()
     if "\0" in listen:  # a unix socket path would end at it
-        raise ValueError(f"NUL byte in {listen!r}")
+        raise ValueError(f"NUL byte in {excerpt(listen)}")
     if listen.startswith("/") and ":" not in listen:  # php-fpm: a ':' means TCP
         return socket.AF_UNIX, listen
     if listen.isascii() and listen.isdigit():
         return socket.AF_INET, ("127.0.0.1", _port(listen, listen))
     host, sep, port_text = listen.rpartition(":")
     if not sep:
-        raise ValueError(f"not an absolute socket path nor host:port: {listen!r}")
+        raise ValueError(f"not an absolute socket path nor host:port: {excerpt(listen)}")
     port = _port(port_text, listen)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -93,7 +94,7 @@ def parse_address(listen: str) -> tuple[socket.AddressFamily, Address]:
     else:
         return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (host, port)
     if not _valid_host_name(host):
-        raise ValueError(f"invalid host in {listen!r}")
+        raise ValueError(f"invalid host in {excerpt(listen)}")
     return socket.AF_UNSPEC, (host, port)
 
 
@@ -110,7 +111,7 @@ def _valid_host_name(host: str) -> bool:
 def _port(text: str, listen: str) -> int:
     # isdigit() alone takes '²', which int() refuses; 5 digits bound int().
     if not (text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536):
-        raise ValueError(f"invalid port in {listen!r}")
+        raise ValueError(f"invalid port in {excerpt(listen)}")
     return int(text)
 
 

@@ -15,6 +15,10 @@ nothing a title or a config says is taken on trust:
   /proc/PID/exe (the inode itself, not the link's text), is a regular file
   owned by root, not writable by group or others, whose name starts with
   `php-fpm` (master_uid); checked once per PID and start time;
+- any user may run that binary with a config of theirs: a master not
+  running as root has its config read only where its user could read it
+  (an include of /etc/shadow or /proc/kmsg is an error), and config loads
+  are bounded per collection (LOAD_BUDGET);
 - a status page is asked only at an address the master itself listens on:
   the sockets among its file descriptors (/proc/MASTER/fd) as its own
   network namespace lists them (/proc/MASTER/net/unix, tcp, tcp6). TCP is
@@ -25,6 +29,7 @@ nothing a title or a config says is taken on trust:
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import logging
@@ -45,8 +50,8 @@ from .config import PhpFpmConfig, PoolOverride
 from .discovery import read_bytes
 from .fastcgi import Address, FastCGIError, parse_address, request
 from .grouping import FpmMaster
-from .phpfpm_config import FpmConfigError, PoolSettings, load_fpm_config
-from .procfs import MAX_VALUE, ParseError, parse_uint
+from .phpfpm_config import FpmConfigError, PoolSettings, Reader, load_fpm_config
+from .procfs import MAX_VALUE, ParseError, parse_stat, parse_uint
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ MAX_CONCURRENT_QUERIES = 256
 # A master's config is re-read when its workers were replaced (a reload
 # respawns them all) and at least this often (seconds).
 CONFIG_REFRESH = 60.0
+LOAD_BUDGET = 1.0  # seconds of config loads per collection
+NEVER = float("-inf")
 FPM_EXE_PREFIX = "php-fpm"  # php-fpm, php-fpm8.2, php-fpm7.4 ...
 # Bounds on what a master's socket listing may cost: a php-fpm master holds
 # a few descriptors per pool and two per worker.
@@ -63,6 +70,7 @@ NET_FILE_LIMIT = 64 << 20  # /proc/PID/net/tcp: ~150 bytes per socket of the nam
 _ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
 _TCP_LISTEN = b"0A"
 REPORTED = 3  # problems of one config load a warning names
+REPORT_CHARS = 2000  # of those problems a warning shows
 
 
 def printable(text: str) -> str:
@@ -128,30 +136,48 @@ def parse_status(body: bytes) -> PoolStatus:
 # ------------------------------------------------------------------ trust
 
 
-def master_uid(procfs: str, pid: int) -> int | None:
+def master_uid(procfs: str, pid: int, start: int) -> int | None:
     """The effective uid of pid when it is a php-fpm master worth trusting,
     else None: its executable is a regular file owned by root and writable
     by root only, named php-fpm*. The name alone anyone can give a copy of
-    python; a root-owned, unwritable file only root can have put there."""
+    python; a root-owned, unwritable file only root can have put there.
+    start is the start time of the process the caller saw (its title): when
+    pid is another process by now, a real master must not vouch for it."""
     exe = f"{procfs}/{pid}/exe"
     try:
         st = os.stat(exe)  # follows the link to the executable's own inode
         name = os.readlink(exe)  # only for its name: "/usr/sbin/php-fpm8.2 (deleted)"
-        status = read_bytes(f"{procfs}/{pid}/status")
+        ids = status_ids(read_bytes(f"{procfs}/{pid}/status"), b"Uid:")
+        if parse_stat(read_bytes(f"{procfs}/{pid}/stat")).starttime != start:
+            return None  # the PID was reused since the caller read it
     except (OSError, ValueError):
         return None
     if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
         return None
     if not posixpath.basename(name.removesuffix(" (deleted)")).startswith(FPM_EXE_PREFIX):
         return None
+    return ids[1] if len(ids) == 4 else None
+
+
+def status_ids(status: bytes, key: bytes) -> list[int]:
+    """The numbers of the /proc/PID/status line starting with key ('Uid:
+    real effective saved fs', 'Groups: ...'); [] without one. Raises
+    ParseError."""
     for line in status.split(b"\n"):
-        if line.startswith(b"Uid:"):
-            ids = line.split()
-            try:
-                return parse_uint(ids[2], "status: Uid") if len(ids) == 5 else None
-            except ParseError:
-                return None
-    return None
+        if line.startswith(key):
+            return [parse_uint(n, f"status: {key.decode()}") for n in line.split()[1:]]
+    return []
+
+
+def master_reader(procfs: str, pid: int, uid: int) -> Reader | None:
+    """Whose permissions a master's config is read with: None (any file)
+    for a master running as root, else its uid and groups. Raises OSError,
+    ValueError."""
+    if uid == 0:
+        return None
+    status = read_bytes(f"{procfs}/{pid}/status")
+    gids = status_ids(status, b"Gid:")[1:2] + status_ids(status, b"Groups:")
+    return Reader(uid, frozenset(gids))
 
 
 def _same_namespace(a: str, b: str) -> bool:
@@ -342,6 +368,7 @@ class PhpFpmSource:
         # Threads are made on demand and reused: each pool's query runs at
         # once, up to this many stuck (saturated) pools at a time.
         self._queries = ThreadPoolExecutor(MAX_CONCURRENT_QUERIES, "fpm-status")
+        self._inflight: dict[str, Future] = {}  # by group: each pool's last query
 
     def trust(self, masters: dict[int, int]) -> dict[int, int]:
         """{pid: effective uid} of the masters worth trusting among masters
@@ -351,7 +378,9 @@ class PhpFpmSource:
         for pid, start in masters.items():
             known = self._trust.get(pid)
             checked[pid] = (
-                known if known and known[0] == start else (start, master_uid(self.procfs, pid))
+                known
+                if known and known[0] == start
+                else (start, master_uid(self.procfs, pid, start))
             )
         self._trust = checked
         return {pid: uid for pid, (_, uid) in checked.items() if uid is not None}
@@ -375,15 +404,25 @@ class PhpFpmSource:
                 taken.add(group)
                 refs = [*refs, PoolRef(group, name, pid, masters[pid].conf, None)]
         pending = []
+        inflight: dict[str, Future] = {}
         for ref in refs:
             s = settings.get((ref.master_pid, ref.pool))
             future: Future = Future()
-            if self._has_status(ref, s):
-                peer = (ref.master_pid, masters[ref.master_pid].uid)
-                future = self._queries.submit(self._status, ref, s, sockets[ref.master_pid], peer)
-            else:
+            previous = self._inflight.get(ref.group)
+            if not self._has_status(ref, s):
                 future.set_result((False, None))
+            elif previous is not None and not previous.done():
+                # An HTTP page may drip a byte per timeout and hold its thread for
+                # ever: a pool's next query waits until its last one has ended.
+                future.set_result((True, None))
+                inflight[ref.group] = previous
+            else:
+                peer = (ref.master_pid, masters[ref.master_pid].uid)
+                listens = sockets.get(ref.master_pid, NOTHING)  # not loaded yet: nothing
+                future = self._queries.submit(self._status, ref, s, listens, peer)
+                inflight[ref.group] = future
             pending.append((ref, s, future))
+        self._inflight = inflight
         return pending
 
     def finish(self, pending: Pending, deadline: float) -> tuple[PoolInfo, ...]:
@@ -421,12 +460,26 @@ class PhpFpmSource:
                 workers.setdefault((r.master_pid, r.master_conf), set()).add(r.worker_pid)
                 running.setdefault(r.master_pid, set()).add(r.pool)
         now = time.monotonic()
-        configs = {}
+        configs: dict[tuple[int, str], _Loaded] = {}
+        due: list[tuple[int, str, set[int], _Loaded | None]] = []
         for (pid, conf), pids in workers.items():
             loaded = self._configs.get((pid, conf))
             if loaded is None or loaded.seen != pids or now - loaded.read_at >= CONFIG_REFRESH:
-                loaded = self._load(pid, conf, pids, now, running.get(pid, set()), loaded)
-            configs[(pid, conf)] = loaded
+                due.append((pid, conf, pids, loaded))
+            else:
+                configs[(pid, conf)] = loaded
+        # A load may take seconds (MAX_LOAD_CHARS), and any user can run
+        # masters and replace their workers at will: one cycle loads for
+        # LOAD_BUDGET seconds (one load at least), the longest unread first;
+        # the others keep what they had until a later cycle.
+        due.sort(key=lambda d: d[3].read_at if d[3] is not None else NEVER)
+        over = False
+        for pid, conf, pids, loaded in due:
+            if not over:
+                loaded = self._load(masters[pid], pid, pids, now, running.get(pid, set()), loaded)
+                over = time.monotonic() >= now + LOAD_BUDGET
+            if loaded is not None:
+                configs[(pid, conf)] = loaded
         self._configs = configs  # masters gone are forgotten
         self._logged = {pid: h for pid, h in self._logged.items() if pid in masters}
         settings = {
@@ -438,8 +491,8 @@ class PhpFpmSource:
 
     def _load(
         self,
+        master: FpmMaster,
         pid: int,
-        conf: str,
         workers: set[int],
         now: float,
         running: set[str],
@@ -449,11 +502,12 @@ class PhpFpmSource:
         is wrong counts as one config error of that load and is logged in one
         line. A pool running without a config (its include removed since the
         master read it) is an error: its capacity metrics vanish."""
+        conf = master.conf
         errors: list[str] = []
         notes: list[str] = []
         pools, sockets, listed_at = None, NOTHING, now
         try:
-            pools = self._read_config(pid, conf)
+            pools = self._read_config(pid, conf, master.uid)
         except FpmConfigError as exc:
             errors.append(str(exc))
         if pools is not None:
@@ -466,15 +520,16 @@ class PhpFpmSource:
         self._report(pid, errors + notes)
         return _Loaded(frozenset(workers), now, pools, sockets, listed_at)
 
-    def _read_config(self, pid: int, conf: str) -> dict[str, PoolSettings]:
-        """Raises FpmConfigError."""
+    def _read_config(self, pid: int, conf: str, uid: int) -> dict[str, PoolSettings]:
+        """Read as the master's user (uid) could. Raises FpmConfigError."""
         try:
             if not conf.startswith("/"):  # started as `php-fpm -y CONF`: relative to its cwd
                 conf = posixpath.join(os.readlink(f"{self.procfs}/{pid}/cwd"), conf)
+            reader = master_reader(self.procfs, pid, uid)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise FpmConfigError(conf, f"cannot resolve: {reason}") from None
-        return load_fpm_config(conf, root=f"{self.procfs}/{pid}/root")
+        return load_fpm_config(conf, root=f"{self.procfs}/{pid}/root", reader=reader)
 
     def _sockets(
         self,
@@ -547,8 +602,10 @@ class PhpFpmSource:
         self._logged[pid] = digest
         if messages:
             more = f" (and {len(messages) - REPORTED} more)" if len(messages) > REPORTED else ""
-            text = "; ".join(messages[:REPORTED])
-            log.warning("php-fpm master %d: %s%s", pid, printable(text), more)
+            text = printable("; ".join(messages[:REPORTED]))
+            if len(text) > REPORT_CHARS:  # names and addresses are a tenant's, of any length
+                text = text[: REPORT_CHARS - 3] + "..."
+            log.warning("php-fpm master %d: %s%s", pid, text, more)
 
     def _has_status(self, ref: PoolRef, s: PoolSettings | None) -> bool:
         override = self._override(ref)
@@ -580,7 +637,9 @@ class PhpFpmSource:
             if resp.status != 200:
                 raise ValueError(f"status page answered {resp.status}")
             return True, parse_status(resp.body)
-        except (OSError, FastCGIError, ValueError) as exc:
+        # HTTPException: an override's server answering no HTTP (BadStatusLine,
+        # LineTooLong are no OSError); escaping, it would fail the collection.
+        except (OSError, FastCGIError, ValueError, http.client.HTTPException) as exc:
             log.debug("status of %s: %s", printable(ref.group), printable(str(exc)))
             return True, None
 

@@ -51,8 +51,7 @@ Approximations, documented rather than guessed at:
   Nothing found: PHP's built-in 128M. A master started with -c, -d or
   PHP_INI_SCAN_DIR is not visible and not followed.
 - Symlinks are resolved inside the root (an absolute link in a container
-  points into the container); glob wildcards in a directory component (not
-  just the file name) follow symlinks as the host sees them.
+  points into the container), include patterns' directories too.
 - php-fpm's validation (listen set, spare servers in range, ...) is not
   repeated: unknown settings are ignored. Bad numbers, a bad `pm`, malformed
   lines, unreadable files and include loops raise FpmConfigError.
@@ -61,18 +60,26 @@ Approximations, documented rather than guessed at:
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
+import itertools
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from .config import excerpt
 from .fileio import read_regular
 
 MAX_INCLUDE_DEPTH = 5  # files nested, the main one included: php-fpm's limit
 MAX_FILES = 10_000  # per load: a shared host may run thousands of pools
 MAX_FILE_BYTES = 1 << 20
+# All files of one load, in characters (what parsing costs; a byte at least
+# each): about 1 KiB per pool, thousands of pools.
+MAX_LOAD_CHARS = 16 << 20
+MAX_GLOB_ENTRIES = 100_000  # directory entries the include patterns of one load look at
 MAX_SYMLINKS = 40  # as the kernel's path walk
 MAX_FPM_INT = 2**31 - 1  # php-fpm's settings are C ints
 MAX_MEMORY_LIMIT = 2**62
@@ -238,28 +245,24 @@ _SIZE_FACTORS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _MAX_DIGITS = 20  # more than any value in range has: int() is never given hundreds
 
 
-def _excerpt(text: str) -> str:
-    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
-
-
 def parse_php_size(text: str) -> int | None:
     """PHP's shorthand byte size (memory_limit): bytes, or a K/M/G suffix
     (either case), at most MAX_MEMORY_LIMIT. -1 means unlimited: None.
     Raises ValueError otherwise."""
     m = _SIZE_RE.fullmatch(text.strip())
     if not m:
-        raise ValueError(f"{_excerpt(text)} is not a size (bytes, or with a K, M or G suffix)")
+        raise ValueError(f"{excerpt(text)} is not a size (bytes, or with a K, M or G suffix)")
     digits, unit = m.group(1), m.group(2).lower()
     if len(digits.lstrip("+-").lstrip("0")) > _MAX_DIGITS:
-        raise ValueError(f"{_excerpt(text)} is out of range (at most 2**62 bytes)")
+        raise ValueError(f"{excerpt(text)} is out of range (at most 2**62 bytes)")
     number = int(digits)
     if number == -1:
         return None
     if number < 0:
-        raise ValueError(f"{_excerpt(text)} is negative (only -1, unlimited, is allowed)")
+        raise ValueError(f"{excerpt(text)} is negative (only -1, unlimited, is allowed)")
     size = number * _SIZE_FACTORS[unit]
     if size > MAX_MEMORY_LIMIT:
-        raise ValueError(f"{_excerpt(text)} is out of range (at most 2**62 bytes)")
+        raise ValueError(f"{excerpt(text)} is out of range (at most 2**62 bytes)")
     return size
 
 
@@ -268,12 +271,12 @@ def parse_fpm_int(text: str) -> int:
     (atoi); within 0..MAX_FPM_INT. Raises ValueError otherwise."""
     digits = text.removeprefix("-")
     if digits and not (digits.isascii() and digits.isdigit()):
-        raise ValueError(f"{_excerpt(text)} is not an integer")
+        raise ValueError(f"{excerpt(text)} is not an integer")
     value = None
     if len(digits.lstrip("0")) <= _MAX_DIGITS:
         value = int(text) if digits else 0
     if value is None or not 0 <= value <= MAX_FPM_INT:
-        raise ValueError(f"{_excerpt(text)} is out of range (0 to {MAX_FPM_INT})")
+        raise ValueError(f"{excerpt(text)} is out of range (0 to {MAX_FPM_INT})")
     return value
 
 
@@ -294,12 +297,32 @@ class ConfigFiles(Protocol):
 _MAGIC_RE = re.compile(r"[*?\[]")
 
 
+class Reader(NamedTuple):
+    """The user a master not running as root reads its config as: the root
+    exporter reads only what that user could (its include of /etc/shadow or
+    /proc/kmsg, a file it cannot read, is an error, not read)."""
+
+    uid: int
+    gids: frozenset[int]  # its effective and supplementary groups
+
+    def may_read(self, st: os.stat_result) -> bool:
+        """The kernel's permission check by mode bits (ACLs aside)."""
+        if st.st_uid == self.uid:
+            return bool(st.st_mode & stat.S_IRUSR)
+        if st.st_gid in self.gids:
+            return bool(st.st_mode & stat.S_IRGRP)
+        return bool(st.st_mode & stat.S_IROTH)
+
+
 class RootedFiles:
     """Files under a root directory such as /proc/PID/root ("" or "/": the
-    host's own). Symlinks are resolved inside the root."""
+    host's own). Symlinks are resolved inside the root. With a reader, only
+    files and directories it may read are read."""
 
-    def __init__(self, root: str = "") -> None:
+    def __init__(self, root: str = "", reader: Reader | None = None) -> None:
         self.root = root.rstrip("/")
+        self.reader = reader
+        self.entries = 0  # directory entries glob() looked at: bounded per load
 
     def resolve(self, path: str) -> str:
         """Host path of an absolute in-root path, following symlinks as the
@@ -334,24 +357,85 @@ class RootedFiles:
     def read_text(self, path: str) -> str:
         # resolve() followed the links inside the root already: a link swapped
         # in after it is not followed.
-        data = read_regular(self.resolve(path), MAX_FILE_BYTES, nofollow=bool(self.root))
+        host, nofollow = self.resolve(path), bool(self.root)
+        if self.reader is None:
+            data = read_regular(host, MAX_FILE_BYTES, nofollow=nofollow)
+        else:  # checked and read through one O_PATH descriptor: nothing swapped between
+            fd = os.open(host, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0))
+            try:
+                self._check(os.fstat(fd), path)
+                data = read_regular(f"/proc/self/fd/{fd}", MAX_FILE_BYTES)
+            finally:
+                os.close(fd)
         return data.decode("utf-8", "surrogateescape")
 
+    def _check(self, st: os.stat_result, path: str) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        if self.reader is not None and not self.reader.may_read(st):
+            raise OSError(errno.EACCES, "not readable by the master's user", path)
+
     def glob(self, pattern: str) -> list[str]:
-        parts = pattern.split("/")
-        first = next((i for i, p in enumerate(parts) if _MAGIC_RE.search(p)), len(parts))
-        if first == len(parts):  # no wildcard: the file itself, if it exists
-            matches = [pattern] if os.path.exists(self.resolve(pattern)) else []
-        else:
-            prefix = "/".join(parts[:first]) or "/"
-            host = self.resolve(prefix)
-            try:  # glob hides errors: an unreadable directory must not look empty
-                os.scandir(host).close()
-            except (FileNotFoundError, NotADirectoryError):
-                return []
-            found = glob.glob("/".join([glob.escape(host), *parts[first:]]))
-            matches = [posixpath.join(prefix, m[len(host) :].lstrip("/")) for m in found]
-        return sorted(m for m in matches if not os.path.isdir(self.resolve(m)))
+        """Matched one component at a time, each directory resolved inside
+        the root (a link in a container's tree must not lead the walk
+        through the host's). All globs of one RootedFiles (one load) look at
+        MAX_GLOB_ENTRIES directory entries at most, OSError beyond: an
+        include of `/*/*/*/*/*.conf` would list all of /proc."""
+        paths = [""]
+        for part in (p for p in pattern.split("/") if p):
+            if not _MAGIC_RE.search(part):
+                paths = [f"{path}/{part}" for path in paths]
+                continue
+            matched = []
+            for path in paths:
+                directory = self.resolve(path or "/")
+                try:  # an unreadable directory must not look empty
+                    if self.reader is not None:
+                        self._check(os.stat(directory), path or "/")
+                    with os.scandir(directory) as entries:
+                        left = MAX_GLOB_ENTRIES - self.entries + 1
+                        names = [e.name for e in itertools.islice(entries, left)]
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                self.entries += len(names)
+                if self.entries > MAX_GLOB_ENTRIES:
+                    reason = f"more than {MAX_GLOB_ENTRIES} directory entries listed"
+                    raise OSError(errno.E2BIG, reason)
+                hidden = part.startswith(".")  # as glob(3): '*' matches no leading dot
+                matched += [
+                    f"{path}/{name}"
+                    for name in names
+                    if (hidden or not name.startswith(".")) and fnmatch.fnmatchcase(name, part)
+                ]
+            paths = matched
+        return sorted(path for path in paths if self._is_file(path or "/"))
+
+    def _is_file(self, path: str) -> bool:
+        """Whether path exists and is no directory (a FIFO is refused when read)."""
+        try:
+            return not stat.S_ISDIR(os.stat(self.resolve(path)).st_mode)
+        except (OSError, ValueError):
+            return False
+
+
+class _Budget:
+    """ConfigFiles reading at most MAX_LOAD_CHARS in all: includes may name
+    one file again and again (10,000 times a 1 MiB file is 10 GiB a load)."""
+
+    def __init__(self, files: ConfigFiles) -> None:
+        self.files, self.left = files, MAX_LOAD_CHARS
+
+    def read_text(self, path: str) -> str:
+        text = self.files.read_text(path)
+        self.left -= len(text)
+        if self.left < 0:
+            raise OSError(
+                errno.EFBIG, f"configuration longer than {MAX_LOAD_CHARS} characters in all"
+            )
+        return text
+
+    def glob(self, pattern: str) -> list[str]:
+        return self.files.glob(pattern)
 
 
 def _read(files: ConfigFiles, path: str) -> str:
@@ -422,11 +506,7 @@ def _walk_file(walk: _Walk, path: str, stack: tuple[str, ...]) -> None:
 def _included(walk: _Walk, entry: IniEntry, stack: tuple[str, ...]) -> list[str]:
     """The files an include line names, checked for loops and depth."""
     pattern = posixpath.normpath(posixpath.join(walk.base, entry.value))
-    try:
-        matches = walk.files.glob(pattern)
-    except (OSError, ValueError) as exc:
-        reason = f"include {pattern}: {getattr(exc, 'strerror', None) or exc}"
-        raise FpmConfigError(stack[-1], reason, entry.lineno) from None
+    matches = _glob(walk.files, pattern, stack[-1], entry.lineno, f"include {pattern}")
     for path in matches:
         if path in stack:
             chain = " -> ".join([*stack[stack.index(path) :], path])
@@ -465,7 +545,7 @@ def _pm(pool: _Pool) -> str | None:
         return None
     pm = value.text.lower()
     if pm not in PM_STYLES:
-        reason = f"bad value for pm: {value.text!r} is not one of {', '.join(PM_STYLES)}"
+        reason = f"bad value for pm: {excerpt(value.text)} is not one of {', '.join(PM_STYLES)}"
         raise FpmConfigError(value.path, reason, value.lineno)
     return pm
 
@@ -477,13 +557,26 @@ def _size(value: _Value, what: str) -> int | None:
         raise FpmConfigError(value.path, f"bad value for {what}: {exc}", value.lineno) from None
 
 
+def _glob(
+    files: ConfigFiles, pattern: str, source: str, lineno: int | None, what: str
+) -> list[str]:
+    """files.glob(pattern), its failure an FpmConfigError of source."""
+    try:
+        return files.glob(pattern)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the pattern
+        reason = f"{what}: {getattr(exc, 'strerror', None) or exc}"
+        raise FpmConfigError(source, reason, lineno) from None
+
+
 def php_ini_files(main_path: str, files: ConfigFiles) -> list[str]:
-    """The php.ini chain a master beside main_path uses: see the docstring."""
+    """The php.ini chain a master beside main_path uses: see the docstring.
+    Raises FpmConfigError."""
     directory = posixpath.dirname(main_path)
     for candidate in (directory, posixpath.join(directory, "php")):
         d = glob.escape(candidate)
-        found = files.glob(f"{d}/php.ini") + files.glob(f"{d}/conf.d/*.ini")
-        found += files.glob(f"{d}/php.d/*.ini")
+        found = []
+        for pattern in (f"{d}/php.ini", f"{d}/conf.d/*.ini", f"{d}/php.d/*.ini"):
+            found += _glob(files, pattern, main_path, None, f"php.ini chain {pattern}")
         if found:
             return found
     return []
@@ -541,6 +634,7 @@ def read_fpm_config(main_path: str, files: ConfigFiles) -> dict[str, PoolSetting
     php-fpm defines them. Raises FpmConfigError."""
     if not main_path.startswith("/"):
         raise FpmConfigError(main_path, "not an absolute path")
+    files = _Budget(files)
     walk = _Walk(files, include_base(main_path))
     _walk_file(walk, main_path, ())
     limits = ("php_admin_value[memory_limit]", "php_value[memory_limit]")
@@ -549,8 +643,11 @@ def read_fpm_config(main_path: str, files: ConfigFiles) -> dict[str, PoolSetting
     return {p.name: _settings(p, ini_limit, walk.base) for p in walk.pools.values()}
 
 
-def load_fpm_config(main_path: str, root: str = "") -> dict[str, PoolSettings]:
+def load_fpm_config(
+    main_path: str, root: str = "", reader: Reader | None = None
+) -> dict[str, PoolSettings]:
     """read_fpm_config with files under root (e.g. /proc/PID/root; "" for the
     host's own): include globs and symlinks resolve inside it, and paths in
-    results and errors are the in-root ones. Raises FpmConfigError."""
-    return read_fpm_config(main_path, RootedFiles(root))
+    results and errors are the in-root ones; only what reader may read is
+    read (None: anything, as a master running as root). Raises FpmConfigError."""
+    return read_fpm_config(main_path, RootedFiles(root, reader))

@@ -568,7 +568,7 @@ def test_huge_number_in_a_config_loses_that_config_only(fpm: Fpm, tmp_path: Path
     with running_fpm(conf, {name: 1}):
         conf.write_text(text.replace("pm.max_children = 1", "pm.max_children = " + "9" * 400))
         s, logged = exported_with_log()
-    assert f"{conf}:8: bad value for pm.max_children: '{'9' * 37}...' is out of range" in logged
+    assert f"{conf}:8: bad value for pm.max_children: '{'9' * 36}... is out of range" in logged
     assert host_value(s, "pss_phpfpm_config_errors_total") >= 1
     group = f"php-fpm:{name}"
     assert group_value(s, "pss_group_processes", group) == 1
@@ -622,3 +622,28 @@ def test_deleted_include_is_counted_not_silent(tmp_path: Path) -> None:
     assert group_value(s, "pss_group_processes", f"php-fpm:{gone}") == 1
     assert not has_series(s, "pss_phpfpm_max_children", f"php-fpm:{gone}")
     assert group_value(s, "pss_phpfpm_max_children", f"php-fpm:{kept}") == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 2x0 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n"],
+    ids=["bad-status-line", "header-too-long"],
+)
+def test_garbled_http_status_page_is_that_pages_error(
+    fpm: Fpm, tmp_path: Path, answer: bytes
+) -> None:
+    """An HTTP status page (the override's URL may be a tenant's server) that
+    is no HTTP answer (http.client raises HTTPException, not OSError) did not
+    answer: status_up 0 for its pool, the collection and other pools intact."""
+    pool = fpm.pools[DYNAMIC]
+
+    class Garbled(QuietHandler):
+        def do_GET(self) -> None:
+            self.wfile.write(answer)
+
+    with serving_http(Garbled) as url:
+        config = write_yaml(tmp_path, f"php_fpm: {{pools: {{{pool.name}: {{status: '{url}'}}}}}}\n")
+        s = exported("--config", config)
+    assert group_value(s, "pss_phpfpm_status_up", pool.group) == 0
+    assert group_value(s, "pss_phpfpm_max_children", pool.group) == pool.max_children
+    assert group_value(s, "pss_phpfpm_status_up", fpm.pools[STATIC].group) == 1

@@ -15,10 +15,12 @@ import psutil
 import pytest
 from fpm import global_section, running_fpm
 
+import exporter.phpfpm_config
 from exporter.grouping import fpm_role
 from exporter.phpfpm_config import (
     MAX_FILES,
     MAX_INCLUDE_DEPTH,
+    MAX_LOAD_CHARS,
     FpmConfigError,
     PoolSettings,
     load_fpm_config,
@@ -295,7 +297,7 @@ def test_malformed_line_in_included_file(tmp_path: Path) -> None:
         # value is garbage (and 400 digits do not render as a float).
         (
             "pm.max_children = " + "9" * 400,
-            f"bad value for pm.max_children: '{'9' * 37}...' is out of range (0 to 2147483647)",
+            f"bad value for pm.max_children: '{'9' * 36}... is out of range (0 to 2147483647)",
         ),
         (
             "pm.max_requests = 2147483648",
@@ -307,7 +309,7 @@ def test_malformed_line_in_included_file(tmp_path: Path) -> None:
         ),
         (
             "php_admin_value[memory_limit] = " + "9" * 400 + "M",
-            f"bad value for memory_limit: '{'9' * 37}...' is out of range (at most 2**62 bytes)",
+            f"bad value for memory_limit: '{'9' * 36}... is out of range (at most 2**62 bytes)",
         ),
         (
             "php_value[memory_limit] = 4294967297G",
@@ -530,3 +532,70 @@ def test_a_fifo_or_a_nul_byte_is_an_error_not_a_hang(tmp_path: Path) -> None:
         load_fpm_config(str(main))
     with pytest.raises(FpmConfigError, match="embedded null byte"):
         load_fpm_config(str(main) + "\0x")
+
+
+# ------------------------------------------------- hostile include patterns
+
+
+def test_include_glob_follows_symlinks_inside_the_root(tmp_path: Path) -> None:
+    """A directory link in a container's config tree points inside the
+    container: an include pattern through it (behind a wildcard directory)
+    is matched there, never against the host's directories."""
+    write_tree(
+        tmp_path,
+        {
+            "fpm/php-fpm.conf": "[global]\ninclude = /fpm/sites/*/pool/*.conf\n",
+            "fpm/real/a.conf": "[www]\npm = static\npm.max_children = 3\n",
+        },
+    )
+    (tmp_path / "fpm/sites/shop").mkdir(parents=True)
+    (tmp_path / "fpm/sites/shop/pool").symlink_to("/fpm/real")  # the root's /fpm/real
+    pools = load_fpm_config("/fpm/php-fpm.conf", root=str(tmp_path))
+    assert pools["www"].max_children == 3
+
+
+def test_include_pattern_that_walks_too_many_entries_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`include = /*/*/*/*/*.conf` would list a whole filesystem (/proc
+    included) on every load: the directory entries a pattern looks at are
+    bounded, for all the patterns of a load together (a config may repeat
+    one), and beyond the bound the config is in error."""
+    monkeypatch.setattr(exporter.phpfpm_config, "MAX_GLOB_ENTRIES", 50)
+    files = {f"fpm/d{i}/x{j}": "" for i in range(5) for j in range(8)}
+    include = "include = /fpm/*/*.conf\n"
+    write_tree(tmp_path, {**files, "fpm/php-fpm.conf": include + include})
+    assert load_error("/fpm/php-fpm.conf", tmp_path) == (
+        "/fpm/php-fpm.conf:2: include /fpm/*/*.conf: more than 50 directory entries listed"
+    )
+
+
+def test_configuration_bytes_are_bounded_per_load(tmp_path: Path) -> None:
+    """Includes may repeat a file: 17 includes of a 1 MiB file are 17 MiB
+    for every load (10,000 would be 10 GiB). What one load reads is bounded."""
+    big = ";" + "x" * 1022 + "\n"
+    write_tree(
+        tmp_path,
+        {
+            "fpm/big.conf": big * 1000,
+            "fpm/php-fpm.conf": "[www]\npm = static\n" + "include = /fpm/big.conf\n" * 17,
+        },
+    )
+    assert load_error("/fpm/php-fpm.conf", tmp_path) == (
+        f"/fpm/big.conf: cannot read: configuration longer than {MAX_LOAD_CHARS} characters in all"
+    )
+
+
+def test_php_ini_chain_that_cannot_be_listed_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking for the php.ini chain lists directories too (a config
+    directory with '[' in its name is matched as a pattern): when that
+    fails, it is the config's error, never an OSError out of the load (which
+    would fail the whole collection)."""
+    monkeypatch.setattr(exporter.phpfpm_config, "MAX_GLOB_ENTRIES", 0)
+    write_tree(tmp_path, {"fpm[1]/php-fpm.conf": "[www]\npm = static\n"})
+    assert load_error("/fpm[1]/php-fpm.conf", tmp_path) == (
+        "/fpm[1]/php-fpm.conf: php.ini chain /fpm[[]1]/php.ini: "
+        "more than 0 directory entries listed"
+    )

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,7 +39,14 @@ from exporter.fastcgi import request
 from exporter.phpfpm import listening
 from exporter.snapshot import PoolStats, Snapshot
 
-from conftest import free_port, require_binary, running, wait_until
+from conftest import (
+    QuietHandler,
+    free_port,
+    require_binary,
+    running,
+    serving_http,
+    wait_until,
+)
 
 SUFFIX = uuid.uuid4().hex[:6]
 POOL = f"w{SUFFIX}"  # short: 'php-fpm:' + POOL fits a comm (15 characters)
@@ -450,9 +458,9 @@ def test_many_fake_masters_one_warning_checked_once_and_forgotten(
     checks: list[int] = []
     real_check = exporter.phpfpm.master_uid
 
-    def counted(procfs: str, pid: int) -> int | None:
+    def counted(procfs: str, pid: int, start: int) -> int | None:
         checks.append(pid)
-        return real_check(procfs, pid)
+        return real_check(procfs, pid, start)
 
     monkeypatch.setattr(exporter.phpfpm, "master_uid", counted)
     col = collector(tree, FakeClock())
@@ -537,3 +545,146 @@ def test_sockets_are_listed_again_only_when_a_status_address_is_not_in_the_list(
         "php-fpm master 100: /etc/php-fpm.conf: pool 'api': status address "
         "'/run/api.sock' is not a socket this master listens on: not queried"
     ]
+
+
+# ------------------------------------------------ a master not run as root
+
+
+def test_config_of_a_master_not_run_as_root_is_read_with_its_permissions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any user may run the root-installed php-fpm with a config of theirs:
+    a trusted master, but not root's. Its config may include a file only
+    root can read (/etc/shadow; /proc/kmsg, whose read takes the messages
+    from the system log): the root exporter reads what that user could, and
+    nothing more. Its own files, and files all may read, are read."""
+    tree = Tree(tmp_path / "proc")
+    tree.write(100, "php-fpm8.2", 1000, cmdline="php-fpm: master process (/home/u/fpm.conf)")
+    trusted_master_files(tree.root / "100", uid=NOBODY)
+    tree.write(101, "php-fpm8.2", 500, cmdline="php-fpm: pool mine", ppid=100)
+    home = tree.root / "100" / "root" / "home" / "u"
+    home.mkdir(parents=True)
+    main = home / "fpm.conf"
+    main.write_text("[mine]\npm = static\ninclude = /home/u/common.conf\n")
+    os.chown(main, NOBODY, NOBODY)
+    main.chmod(0o600)  # its own file
+    common = home / "common.conf"
+    common.write_text("pm.max_children = 4\n")
+    common.chmod(0o644)  # root's, readable by all
+    col = collector(tree, FakeClock())
+    assert pool(col.collect(), "php-fpm:mine").info.max_children == 4
+
+    secret = home / "secret.conf"
+    secret.write_text("pm.max_children = 42\n")
+    secret.chmod(0o600)  # root's alone
+    main.write_text("[mine]\npm = static\ninclude = /home/u/secret.conf\n")
+    shutil.rmtree(tree.root / "101")  # a worker replaced: the config is read again
+    tree.write(102, "php-fpm8.2", 500, cmdline="php-fpm: pool mine", ppid=100)
+    with caplog.at_level(logging.WARNING, "exporter"):
+        snap = col.collect()
+    assert pool(snap, "php-fpm:mine").info.max_children is None
+    assert warnings_of(caplog) == [
+        "php-fpm master 100: /home/u/secret.conf: cannot read: not readable by the master's user"
+    ]
+
+
+def test_config_loads_per_collection_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load may take seconds (16 MiB of config), and any user may run many
+    masters and replace their workers every cycle: a collection loads for
+    LOAD_BUDGET seconds (one load at least), the longest unread first, so
+    every master is loaded in turn and none waits behind the others."""
+    monkeypatch.setattr(exporter.phpfpm, "LOAD_BUDGET", 0.0)  # one load per collection
+    tree = Tree(tmp_path / "proc")
+    for n, master in enumerate((100, 200, 300)):
+        title = f"php-fpm: master process (/etc/fpm{n}.conf)"
+        tree.write(master, "php-fpm8.2", 1000, cmdline=title, start=n + 1)
+        trusted_master_files(tree.root / str(master))
+        conf = tree.root / str(master) / "root" / "etc" / f"fpm{n}.conf"
+        conf.parent.mkdir(parents=True)
+        conf.write_text(f"[p{n}]\npm = static\npm.max_children = {n + 1}\n")
+        tree.write(master + 1, "php-fpm8.2", 500, cmdline=f"php-fpm: pool p{n}", ppid=master)
+    col = collector(tree, FakeClock())
+
+    def configured(snap: Snapshot) -> dict[str, int | None]:
+        return {p.info.group: p.info.max_children for p in snap.pools}
+
+    assert configured(col.collect()) == {"php-fpm:p0": 1, "php-fpm:p1": None, "php-fpm:p2": None}
+    assert configured(col.collect()) == {"php-fpm:p0": 1, "php-fpm:p1": 2, "php-fpm:p2": None}
+    assert configured(col.collect()) == {"php-fpm:p0": 1, "php-fpm:p1": 2, "php-fpm:p2": 3}
+
+
+def test_config_warning_is_bounded_whatever_the_names_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tenant's config names pools and addresses of any length (a line of
+    up to 1 MiB): the warning about them shows 2,000 characters at most."""
+    tree = Tree(tmp_path / "proc")
+    tree.write(100, "php-fpm8.2", 1000, cmdline="php-fpm: master process (/etc/php-fpm.conf)")
+    trusted_master_files(tree.root / "100")
+    (tree.root / "100" / "fd").mkdir()  # it listens on nothing
+    conf = tree.root / "100" / "root" / "etc" / "php-fpm.conf"
+    conf.parent.mkdir(parents=True)
+    name = "p" * 100_000
+    conf.write_text(f"[{name}]\nlisten = /run/{'s' * 100_000}\npm.status_path = /s\n")
+    tree.write(101, "php-fpm8.2", 500, cmdline=f"php-fpm: pool {name}", ppid=100)
+    with caplog.at_level(logging.WARNING, "exporter"):
+        collector(tree, FakeClock()).collect()
+    (warning,) = warnings_of(caplog)
+    assert warning.startswith("php-fpm master 100: /etc/php-fpm.conf: pool 'ppp")
+    assert len(warning) <= 2000 + len("php-fpm master 100: ")
+
+
+def test_a_master_vouches_only_for_the_process_seen(tmp_path: Path) -> None:
+    """The collector reads a title, then checks the executable: if the PID
+    was reused in between (a fake master exited, a real one took its PID),
+    the real master's executable must not vouch for the fake's title, whose
+    config would be read as root's."""
+    tree = Tree(tmp_path / "proc")
+    tree.write(100, "php-fpm8.2", 1000, start=7, cmdline="php-fpm: master process (/etc/a)")
+    trusted_master_files(tree.root / "100")
+    source = exporter.phpfpm.PhpFpmSource(build_config({}, "test").php_fpm, str(tree.root), 10)
+    assert source.trust({100: 6}) == {}  # seen with start time 6: another process
+    assert source.trust({100: 7}) == {100: 0}
+
+
+def test_a_dripping_status_page_holds_one_thread_not_one_per_collection(
+    tmp_path: Path,
+) -> None:
+    """An HTTP status page (an override's URL may be a tenant's server) that
+    sends a byte before each read times out never ends its query: the next
+    collections do not start another one for that pool, so stuck threads
+    cannot pile up until no pool gets its status any more."""
+    tree = Tree(tmp_path / "proc")
+    tree.write(100, "php-fpm8.2", 1000, cmdline="php-fpm: master process (/etc/php-fpm.conf)")
+    trusted_master_files(tree.root / "100")
+    conf = tree.root / "100" / "root" / "etc" / "php-fpm.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("[www]\npm = static\npm.max_children = 2\n")
+    tree.write(101, "php-fpm8.2", 500, cmdline="php-fpm: pool www", ppid=100)
+    stop = threading.Event()
+    asked: list[str] = []
+
+    class Dripping(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            while not stop.wait(0.05):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+
+    with serving_http(Dripping) as url:
+        try:
+            fpm = {"status_timeout": "200ms", "pools": {"www": {"status": url}}}
+            config = build_config({"collection": {"interval": "1s"}, "php_fpm": fpm}, "test")
+            col = Collector(config, str(tree.root), FakeClock())
+            snaps = [col.collect() for _ in range(4)]
+        finally:
+            stop.set()
+    assert asked == ["/?json"]
+    for snap in snaps:
+        info = pool(snap, "php-fpm:www").info
+        assert (info.status_queried, info.status, info.max_children) == (True, None, 2)
