@@ -73,7 +73,7 @@ def run(seconds: float, interval: float = 1.0) -> Cadence:
     """Collect (and render) every interval for seconds after a cold first
     cycle; max_age is the default, 5 intervals, so the average includes the
     periodic re-reads."""
-    config = exporter_config(interval=f"{interval}s")
+    config = exporter_config(interval=f"{round(interval * 1000)}ms")
     collector = Collector(config)
     collector.collect()  # cold: every process is new
     collect, both = Tally(), Tally()

@@ -69,7 +69,9 @@ def serving(tree: Path, tmp: Path, interval: float) -> Iterator[http.client.HTTP
     """`python -m exporter serve` over tree, collecting every interval
     seconds; yield a connection to it once its first collection is published."""
     config = tmp / "synthetic.yml"
-    config.write_text(json.dumps({**synthetic.CONFIG, "collection": {"interval": f"{interval}s"}}))
+    config.write_text(
+        json.dumps({**synthetic.CONFIG, "collection": {"interval": f"{round(interval * 1000)}ms"}})
+    )
     port = free_port()
     args = ["--path.procfs", str(tree), "--config", str(config)]
     proc = subprocess.Popen(

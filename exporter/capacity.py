@@ -29,10 +29,16 @@ class Capacity:
     recommended: int | None  # None: budget or a non-zero worker size missing
 
 
+def quantile(quantiles: tuple[tuple[float, int], ...], q: float) -> int | None:
+    """The value at q among a distribution's (quantile, value) pairs; None if
+    q is not one of them (no workers). The one lookup: snapshot.Distribution
+    and top go through it."""
+    return next((v for qq, v in quantiles if qq == q), None)
+
+
 def worker_size(quantiles: tuple[tuple[float, int], ...], sizing: str) -> int | None:
     """The p95 or max of a per-worker distribution's (quantile, value) pairs."""
-    wanted = 0.95 if sizing == "p95" else 1.0
-    return next((v for q, v in quantiles if q == wanted), None)
+    return quantile(quantiles, 0.95 if sizing == "p95" else 1.0)
 
 
 def budget(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .discovery import read_bytes
-from .procfs import parse_count, parse_key_values, parse_pressure
+from .procfs import parse_count, parse_key_values, parse_pressure, parse_proc_cgroup_lines
 
 # v1 reports "no limit" as PAGE_COUNTER_MAX pages (9223372036854771712 with
 # 4 KiB pages); anything this large is unlimited.
@@ -37,16 +37,13 @@ class CgroupMemory:
 
 
 def parse_proc_cgroup(data: bytes) -> CgroupPaths:
-    """Parse /proc/PID/cgroup ('N:controllers:/path' per line)."""
+    """The memory cgroup in /proc/PID/cgroup (see procfs.parse_proc_cgroup_lines)."""
     v1 = v2 = None
-    for line in data.decode("utf-8", "replace").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        path = parts[2].removesuffix(" (deleted)")
-        if parts[0] == "0" and parts[1] == "":
+    for line in parse_proc_cgroup_lines(data):
+        path = line.path.removesuffix(" (deleted)")
+        if line.hierarchy == "0" and line.controllers == "":
             v2 = path
-        elif "memory" in parts[1].split(","):
+        elif "memory" in line.controllers.split(","):
             v1 = path
     return CgroupPaths(v1, v2)
 

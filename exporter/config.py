@@ -16,6 +16,7 @@ import yaml
 
 from .fileio import read_regular
 from .grouping import GroupRule, compile_rule
+from .text import EXCERPT, clip, excerpt, one_line
 
 
 class ConfigError(Exception):
@@ -23,34 +24,7 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, key: str, reason: str) -> None:
         where = f"{source}: {key}" if key else source
-        super().__init__(_one_line(f"{where}: {reason}"))
-
-
-EXCERPT = 40  # characters of a user's value a message shows at most
-_KINDS = {list: "a list", dict: "a mapping", set: "a set"}  # what YAML collections become
-
-
-def _one_line(text: str) -> str:
-    """text with newlines and other unprintable characters escaped, as repr does."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _clip(text: str, limit: int = EXCERPT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def excerpt(value: Any) -> str:
-    """A user's value as a message shows it: a scalar's repr cut to EXCERPT
-    characters, only the kind of a collection. An alias lets a few bytes of
-    YAML name a value of millions of nodes, so a value is never expanded into
-    a message; nor is an integer printed that Python refuses to convert."""
-    if type(value) in _KINDS:
-        return _KINDS[type(value)]
-    if isinstance(value, int) and value.bit_length() > 128:
-        return "an integer of more than 38 digits"
-    return _clip(repr(value[: EXCERPT + 1] if isinstance(value, (str, bytes)) else value))
+        super().__init__(one_line(f"{where}: {reason}"))
 
 
 def _key_text(name: Any) -> str:
@@ -141,23 +115,34 @@ MAX_SIZE = 1 << 50  # 1 PiB: sizes are compared with a process's Rss
 MAX_GROUPS = 100_000  # max_groups: each group is a few dozen series
 MAX_THREADS = 64  # collection.threads: more cannot help, parsing smaps holds the GIL
 MAX_CHILDREN = 100_000  # php_fpm.pools.NAME.max_children
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# Prometheus durations (model.ParseDuration), as alerts/generate.py reads
+# them: units in this order, each at most once, integers of 1 to 15 digits
+# (int() never meets Python's digit limit). tests/test_config.py holds both
+# to one table.
+_DURATION_MS = {
+    "y": 365 * 86_400_000,
+    "w": 7 * 86_400_000,
+    "d": 86_400_000,
+    "h": 3_600_000,
+    "m": 60_000,
+    "s": 1000,
+    "ms": 1,
+}
+_DURATION = re.compile("".join(rf"(?:([0-9]{{1,15}}){unit})?" for unit in _DURATION_MS))
 
 
 def parse_duration(text: str) -> float:
-    """Parse a Prometheus-style duration ('500ms', '15s', '1m30s') into seconds."""
-    pos, total = 0, 0.0
-    text = text.strip()
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if not m:
-            raise ValueError(f"invalid duration {excerpt(text)} (use e.g. 500ms, 15s, 2m)")
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
+    """Parse a Prometheus duration ('500ms', '15s', '1m30s', '1d') into seconds."""
+    match = _DURATION.fullmatch(text)
     if not text:
         raise ValueError("empty duration")
-    return total
+    if not match:
+        raise ValueError(
+            f"invalid duration {excerpt(text)} (use e.g. 500ms, 15s, 1m30s: "
+            "units y, w, d, h, m, s, ms in this order, each once)"
+        )
+    ms = sum(int(n) * unit for n, unit in zip(match.groups(), _DURATION_MS.values()) if n)
+    return ms / 1000
 
 
 def parse_size(text: str) -> int:
@@ -365,7 +350,7 @@ def _yaml_shape_error(text: bytes) -> tuple[str, str] | None:
             anchor, count = event.anchor, 1
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in sizes:  # undefined, or inside its own value
-                return where, f"alias *{_clip(event.anchor)} names no complete value before it"
+                return where, f"alias *{clip(str(event.anchor))} names no complete value before it"
             anchor, count = None, sizes[event.anchor]
         else:  # stream and document boundaries
             continue
@@ -415,9 +400,9 @@ def load_yaml(path: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         # A problem may quote the document (an unknown tag): keep it short.
-        raise ConfigError(path, where, f"YAML syntax error: {_clip(problem, 100)}") from None
+        raise ConfigError(path, where, f"YAML syntax error: {clip(problem, 100)}") from None
     except ValueError as exc:  # the scanner's chr() of an escape past U+10FFFF
-        raise ConfigError(path, "", f"YAML syntax error: {_clip(str(exc), 100)}") from None
+        raise ConfigError(path, "", f"YAML syntax error: {clip(str(exc), 100)}") from None
 
 
 def load_config(path: str | None) -> Config:

@@ -15,7 +15,7 @@ import pwd
 import stat
 from functools import cached_property, lru_cache
 
-from .procfs import parse_cmdline, parse_uint
+from .procfs import parse_cmdline, parse_proc_cgroup_lines, parse_uint
 
 # Error reasons, as exported in pss_exporter_read_errors_total{reason}.
 VANISHED, PERMISSION, PARSE = "vanished", "permission", "parse"
@@ -150,8 +150,9 @@ class LiveProcess:
 
     @cached_property
     def cgroups(self) -> tuple[str, ...]:
-        lines = read_bytes(f"{self.dir}/cgroup").decode("utf-8", "replace")
-        return tuple(line.split(":", 2)[2] for line in lines.splitlines() if line.count(":") >= 2)
+        return tuple(
+            line.path for line in parse_proc_cgroup_lines(read_bytes(f"{self.dir}/cgroup"))
+        )
 
     @cached_property
     def cwd(self) -> str:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .accounting import COMPONENTS
 from .snapshot import Snapshot
-from .top import human
+from .text import human
 
 TOP_GROUPS = 5
 EXPLAIN_SHARE = 0.01  # components from 1% of used get their sentence
 
 
-def as_dict(snap: Snapshot) -> dict:
+def as_dict(snap: Snapshot) -> dict[str, Any]:
     """The breakdown for machines (--json); raises ValueError without one."""
     acc = snap.accounting
     if acc is None:

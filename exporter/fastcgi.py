@@ -25,10 +25,10 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
-from .config import excerpt
 from .phpfpm_config import RootedFiles
+from .text import excerpt
 
 VERSION = 1
 BEGIN_REQUEST, END_REQUEST = 1, 3
@@ -230,9 +230,9 @@ def _connect(
     """A connected socket; a host name is tried at each address it resolves
     to. TCP addresses `allow` refuses are skipped (unix ones are checked by
     the caller, before their path is resolved)."""
-    if family != socket.AF_UNSPEC:
-        targets = [(family, address)]
-    else:
+    # Each target is (family, the sockaddr connect() takes: a path, or a tuple).
+    targets: list[tuple[socket.AddressFamily, Any]] = [(family, address)]
+    if family == socket.AF_UNSPEC and not isinstance(address, str):
         host, port = address
         resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         targets = [(fam, sockaddr) for fam, _, _, _, sockaddr in resolved]

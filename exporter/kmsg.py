@@ -238,7 +238,7 @@ class KmsgWatcher:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            why = exc.strerror
+            why = exc.strerror or str(exc)  # os.open sets strerror; its type allows None
             if exc.errno in (errno.EPERM, errno.EACCES):
                 why += " (reading the kernel log needs root or CAP_SYSLOG)"
             log.warning("OOM attribution via the kernel log is off: %s: %s", self.path, why)

@@ -24,7 +24,9 @@ class CollectionLoop:
         self.interval = interval
         self.latest: Exposition | None = None  # replaced whole, never mutated
         # When each format was last asked for: those are rendered in advance.
+        # HTTP threads write it while the collection thread reads it.
         self._asked: dict[str, float] = {}
+        self._asked_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collection", daemon=True)
 
@@ -37,13 +39,17 @@ class CollectionLoop:
 
     def asked(self, fmt: str) -> None:
         """A scrape asked for fmt: render it with every snapshot from now on."""
-        self._asked[fmt] = time.monotonic()
+        at = time.monotonic()
+        with self._asked_lock:
+            self._asked[fmt] = at
 
     def _formats(self) -> tuple[str, ...]:
         """Formats scraped in the last FORMAT_MEMORY seconds; before any
         scrape, all of them, so that the first scrape does not wait."""
         now = time.monotonic()
-        recent = tuple(f for f, at in self._asked.items() if now - at < FORMAT_MEMORY)
+        with self._asked_lock:
+            asked = list(self._asked.items())
+        recent = tuple(f for f, at in asked if now - at < FORMAT_MEMORY)
         return recent or FORMATS
 
     def run_once(self) -> Exposition:

@@ -14,16 +14,11 @@ import threading
 from collections.abc import Iterator
 from typing import Callable
 
-from prometheus_client import (
-    CollectorRegistry,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from . import __version__, privileges
+from . import __version__
 from .discovery import REASONS
 from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
 
@@ -60,10 +55,12 @@ _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] =
 )
 
 
-def _summary(name: str, doc: str, groups: tuple[GroupStats, ...], pick) -> Metric:
+def _summary(
+    name: str, doc: str, groups: tuple[GroupStats, ...], pick: Callable[[GroupStats], Distribution]
+) -> Metric:
     metric = Metric(name, doc + BACKGROUND, "summary")
     for g in groups:
-        dist: Distribution = pick(g)
+        dist = pick(g)
         for q, value in dist.quantiles:
             metric.add_sample(name, {"group": g.name, "quantile": repr(q)}, value)
         metric.add_sample(name + "_sum", {"group": g.name}, dist.total)
@@ -363,7 +360,7 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
         "cap_dac_read_search: restricted /proc; cap_syslog: kernel log)",
         labels=["capability"],
     )
-    for name, has in privileges.held().items():
+    for name, has in snap.own.privileges:
         caps.add_metric([name], int(has))
     yield caps
     if snap.kmsg_up is not None:
@@ -419,13 +416,18 @@ TEXT, OPENMETRICS = "text", "openmetrics"
 FORMATS = (TEXT, OPENMETRICS)
 
 
+def own_families(snap: Snapshot) -> Iterator[Metric]:
+    """The exporter's own CPU, memory, descriptors and Python, as collected."""
+    for fam in snap.own.families:
+        metric = Metric(fam.name, fam.doc, fam.kind)
+        for sample in fam.samples:
+            metric.add_sample(sample.name, dict(sample.labels), sample.value)
+        yield metric
+
+
 def _families(snap: Snapshot) -> _Families:
-    process = CollectorRegistry(auto_describe=False)
-    # The exporter's own CPU, RSS and fds, taken at render time.
-    ProcessCollector(registry=process)
-    PlatformCollector(registry=process)
     return _Families(
-        [*snapshot_families(snap), *pool_families(snap), *host_families(snap), *process.collect()]
+        [*snapshot_families(snap), *pool_families(snap), *host_families(snap), *own_families(snap)]
     )
 
 

@@ -49,9 +49,10 @@ from . import __version__
 from .config import PhpFpmConfig, PoolOverride
 from .discovery import read_bytes
 from .fastcgi import Address, FastCGIError, parse_address, request
-from .grouping import FpmMaster
+from .grouping import FpmMaster, fpm_pool_groups
 from .phpfpm_config import FpmConfigError, PoolSettings, Reader, load_fpm_config
 from .procfs import MAX_VALUE, ParseError, parse_stat, parse_uint
+from .snapshot import PoolInfo, PoolStatus
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +81,6 @@ def printable(text: str) -> str:
         if text.isprintable()
         else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     )
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    """The counters of php-fpm's status page (`?json`)."""
-
-    accepted_conn: int
-    listen_queue: int
-    max_listen_queue: int
-    idle: int
-    active: int
-    total: int
-    max_active: int
-    max_children_reached: int
-    slow_requests: int
 
 
 _STATUS_KEYS = {
@@ -327,17 +313,6 @@ class PoolRef:
     worker_pid: int | None  # None: a configured pool with no worker alive (ondemand)
 
 
-@dataclass(frozen=True)
-class PoolInfo:
-    """What one collection learned about a pool beyond its memory."""
-
-    group: str
-    settings: PoolSettings | None  # None: no config could be read
-    max_children: int | None  # configured, or the YAML override
-    status: PoolStatus | None  # None: no status source, or it did not answer
-    status_queried: bool
-
-
 class _Loaded(NamedTuple):
     """One master's config as last read."""
 
@@ -348,106 +323,34 @@ class _Loaded(NamedTuple):
     listed_at: float  # monotonic time sockets were listed
 
 
-Pending = list[tuple[PoolRef, PoolSettings | None, Future]]
+Answer = tuple[bool, PoolStatus | None]  # (queried, status): see _status
+Pending = list[tuple[PoolRef, PoolSettings | None, Future[Answer]]]
 
 
-class PhpFpmSource:
-    def __init__(self, config: PhpFpmConfig, procfs: str, interval: float) -> None:
+class MasterConfigs:
+    """The trusted masters' configs and the sockets they listen on, read
+    again when a master's workers change and at least every CONFIG_REFRESH."""
+
+    def __init__(self, config: PhpFpmConfig, procfs: str) -> None:
         self.config = config
         self.procfs = procfs
-        # The status query must leave the collection time to finish its interval.
-        self.timeout = min(config.status_timeout, interval / 2)
-        self.config_errors = 0  # cumulative: config loads that found an error
+        self.errors = 0  # cumulative: config loads that found an error
         # By master PID, a hash of what its last config load reported, so
         # that the same problems are not logged again; pruned with the masters.
         self._logged: dict[int, int] = {}
         self._configs: dict[tuple[int, str], _Loaded] = {}  # by (master pid, config path)
-        # pid -> (start time, effective uid or None: not trusted)
-        self._trust: dict[int, tuple[int, int | None]] = {}
         self._netns = "/proc/self/ns/net"  # the exporter's own, whatever procfs is read
-        # Threads are made on demand and reused: each pool's query runs at
-        # once, up to this many stuck (saturated) pools at a time.
-        self._queries = ThreadPoolExecutor(MAX_CONCURRENT_QUERIES, "fpm-status")
-        self._inflight: dict[str, Future] = {}  # by group: each pool's last query
 
-    def trust(self, masters: dict[int, int]) -> dict[int, int]:
-        """{pid: effective uid} of the masters worth trusting among masters
-        ({pid: start time}; see master_uid). Each PID is checked once per
-        start time; PIDs no longer given are forgotten."""
-        checked = {}
-        for pid, start in masters.items():
-            known = self._trust.get(pid)
-            checked[pid] = (
-                known
-                if known and known[0] == start
-                else (start, master_uid(self.procfs, pid, start))
-            )
-        self._trust = checked
-        return {pid: uid for pid, (_, uid) in checked.items() if uid is not None}
+    def configured(self, masters: dict[int, FpmMaster]) -> list[tuple[str, int]]:
+        """(pool, master pid) of the pools the masters' last config loads name."""
+        return [
+            (name, pid)
+            for (pid, conf), loaded in self._configs.items()
+            if pid in masters and masters[pid].conf == conf
+            for name in loaded.pools or ()
+        ]
 
-    def start(self, refs: list[PoolRef], masters: dict[int, FpmMaster]) -> Pending:
-        """Read the masters' configs and start every pool's status query.
-
-        refs are the pools seen through the workers of masters (the trusted
-        ones); pools a master configures but runs no worker for (ondemand,
-        idle) are added. Each query gets its own thread, so a saturated pool
-        delays no other pool.
-        """
-        settings, sockets = self._settings(refs, masters)
-        seen = {(r.master_pid, r.pool) for r in refs}
-        taken = {r.group for r in refs}
-        for (pid, name), _ in settings.items():
-            if (pid, name) not in seen:
-                group = f"php-fpm:{name}"
-                if group in taken:
-                    group = f"{group}@{masters[pid].conf}"
-                taken.add(group)
-                refs = [*refs, PoolRef(group, name, pid, masters[pid].conf, None)]
-        pending = []
-        inflight: dict[str, Future] = {}
-        for ref in refs:
-            s = settings.get((ref.master_pid, ref.pool))
-            future: Future = Future()
-            previous = self._inflight.get(ref.group)
-            if not self._has_status(ref, s):
-                future.set_result((False, None))
-            elif previous is not None and not previous.done():
-                # An HTTP page may drip a byte per timeout and hold its thread for
-                # ever: a pool's next query waits until its last one has ended.
-                future.set_result((True, None))
-                inflight[ref.group] = previous
-            else:
-                peer = (ref.master_pid, masters[ref.master_pid].uid)
-                listens = sockets.get(ref.master_pid, NOTHING)  # not loaded yet: nothing
-                future = self._queries.submit(self._status, ref, s, listens, peer)
-                inflight[ref.group] = future
-            pending.append((ref, s, future))
-        self._inflight = inflight
-        return pending
-
-    def finish(self, pending: Pending, deadline: float) -> tuple[PoolInfo, ...]:
-        """Collect the status answers (until the deadline, a monotonic time)."""
-        out = []
-        for ref, s, future in pending:
-            try:
-                queried, status = future.result(timeout=max(deadline - time.monotonic(), 0))
-            except FutureTimeout:
-                future.cancel()  # not started yet: too many pools stuck at once
-                queried, status = True, None
-            override = self._override(ref)
-            max_children = override.max_children if override else None
-            if max_children is None and s is not None:
-                max_children = s.max_children
-            out.append(PoolInfo(ref.group, s, max_children, status, queried))
-        return tuple(out)
-
-    # ----------------------------------------------------------- helpers
-
-    def _override(self, ref: PoolRef) -> PoolOverride | None:
-        pools = self.config.pools
-        return pools.get(ref.group) or pools.get(ref.pool)
-
-    def _settings(
+    def settings(
         self, refs: list[PoolRef], masters: dict[int, FpmMaster]
     ) -> tuple[dict[tuple[int, str], PoolSettings], dict[int, Listening]]:
         """Pool settings of every master, and the sockets each listens on."""
@@ -516,7 +419,7 @@ class PhpFpmSource:
                 errors.append(f"{conf}: pools running but not configured: {names}")
             if any(p.status_path for p in pools.values()):
                 sockets, listed_at = self._sockets(pid, conf, pools, now, previous, errors, notes)
-        self.config_errors += bool(errors)
+        self.errors += bool(errors)
         self._report(pid, errors + notes)
         return _Loaded(frozenset(workers), now, pools, sockets, listed_at)
 
@@ -607,6 +510,119 @@ class PhpFpmSource:
                 text = text[: REPORT_CHARS - 3] + "..."
             log.warning("php-fpm master %d: %s%s", pid, text, more)
 
+
+class PhpFpmSource:
+    """php-fpm pools: which masters are trusted, their configs (MasterConfigs)
+    and each pool's status query, on a thread pool so that it runs while the
+    collection reads smaps."""
+
+    def __init__(self, config: PhpFpmConfig, procfs: str, interval: float) -> None:
+        self.config = config
+        self.procfs = procfs
+        # The status query must leave the collection time to finish its interval.
+        self.timeout = min(config.status_timeout, interval / 2)
+        self.configs = MasterConfigs(config, procfs)
+        # pid -> (start time, effective uid or None: not trusted)
+        self._trust: dict[int, tuple[int, int | None]] = {}
+        # Threads are made on demand and reused: each pool's query runs at
+        # once, up to this many stuck (saturated) pools at a time.
+        self._queries = ThreadPoolExecutor(MAX_CONCURRENT_QUERIES, "fpm-status")
+        self._inflight: dict[str, Future[Answer]] = {}  # by group: each pool's last query
+
+    @property
+    def config_errors(self) -> int:
+        """Cumulative config loads that found an error."""
+        return self.configs.errors
+
+    def close(self) -> None:
+        """Stop the status-query threads; a query in flight ends within its timeout."""
+        self._queries.shutdown(wait=True, cancel_futures=True)
+
+    def trust(self, masters: dict[int, int]) -> dict[int, int]:
+        """{pid: effective uid} of the masters worth trusting among masters
+        ({pid: start time}; see master_uid). Each PID is checked once per
+        start time; PIDs no longer given are forgotten."""
+        checked = {}
+        for pid, start in masters.items():
+            known = self._trust.get(pid)
+            checked[pid] = (
+                known
+                if known and known[0] == start
+                else (start, master_uid(self.procfs, pid, start))
+            )
+        self._trust = checked
+        return {pid: uid for pid, (_, uid) in checked.items() if uid is not None}
+
+    def configured(self, masters: dict[int, FpmMaster]) -> list[tuple[str, int]]:
+        """For the grouping (classify.FpmTrust): the pools to name."""
+        return self.configs.configured(masters)
+
+    def start(self, refs: list[PoolRef], masters: dict[int, FpmMaster]) -> Pending:
+        """Read the masters' configs and start every pool's status query.
+
+        refs are the pools seen through the workers of masters (the trusted
+        ones); pools a master configures but runs no worker for (ondemand,
+        idle) are added. Each query gets its own thread, so a saturated pool
+        delays no other pool.
+        """
+        settings, sockets = self.configs.settings(refs, masters)
+        running = dict.fromkeys((r.pool, r.master_pid) for r in refs)
+        idle = [(name, pid) for pid, name in settings if (name, pid) not in running]
+        # The one naming rule over the pools the grouping named (classify.Grouper:
+        # running and configured), so an idle pool gets the group it has running.
+        names = fpm_pool_groups({**running, **dict.fromkeys(idle)}, masters)
+        taken = {r.group for r in refs}
+        for name, pid in idle:
+            group = names[(name, pid)]
+            if group in taken:  # configured since the grouping (a first load): next cycle
+                log.debug("idle pool %s of master %d: group taken", printable(name), pid)
+                continue
+            taken.add(group)
+            refs = [*refs, PoolRef(group, name, pid, masters[pid].conf, None)]
+        pending = []
+        inflight: dict[str, Future[Answer]] = {}
+        for ref in refs:
+            s = settings.get((ref.master_pid, ref.pool))
+            future: Future[Answer] = Future()
+            previous = self._inflight.get(ref.group)
+            if not self._has_status(ref, s):
+                future.set_result((False, None))
+            elif previous is not None and not previous.done():
+                # An HTTP page may drip a byte per timeout and hold its thread for
+                # ever: a pool's next query waits until its last one has ended.
+                future.set_result((True, None))
+                inflight[ref.group] = previous
+            else:
+                peer = (ref.master_pid, masters[ref.master_pid].uid)
+                listens = sockets.get(ref.master_pid, NOTHING)  # not loaded yet: nothing
+                future = self._queries.submit(self._status, ref, s, listens, peer)
+                inflight[ref.group] = future
+            pending.append((ref, s, future))
+        self._inflight = inflight
+        return pending
+
+    def finish(self, pending: Pending, deadline: float) -> tuple[PoolInfo, ...]:
+        """Collect the status answers (until the deadline, a monotonic time)."""
+        out = []
+        for ref, s, future in pending:
+            try:
+                queried, status = future.result(timeout=max(deadline - time.monotonic(), 0))
+            except FutureTimeout:
+                future.cancel()  # not started yet: too many pools stuck at once
+                queried, status = True, None
+            override = self._override(ref)
+            max_children = override.max_children if override else None
+            if max_children is None and s is not None:
+                max_children = s.max_children
+            out.append(PoolInfo(ref.group, s, max_children, status, queried))
+        return tuple(out)
+
+    # ----------------------------------------------------------- helpers
+
+    def _override(self, ref: PoolRef) -> PoolOverride | None:
+        pools = self.config.pools
+        return pools.get(ref.group) or pools.get(ref.pool)
+
     def _has_status(self, ref: PoolRef, s: PoolSettings | None) -> bool:
         override = self._override(ref)
         if override is not None and override.status:
@@ -615,7 +631,7 @@ class PhpFpmSource:
 
     def _status(
         self, ref: PoolRef, s: PoolSettings | None, sockets: Listening, peer: tuple[int, int]
-    ) -> tuple[bool, PoolStatus | None]:
+    ) -> Answer:
         """(queried, status): runs in the status thread pool. Over FastCGI,
         only a socket the master holds is contacted (see Listening, peer)."""
         override = self._override(ref)
@@ -624,6 +640,7 @@ class PhpFpmSource:
                 return True, parse_status(self._http(override.status))
             assert s is not None and s.status_path  # checked by _has_status
             listen = s.status_listen or s.listen
+            assert listen  # checked by _has_status
             resp = request(
                 listen,
                 s.status_path,
@@ -648,7 +665,7 @@ class PhpFpmSource:
             url += ("&" if "?" in url else "?") + "json"
         req = urllib.request.Request(url, headers={"User-Agent": f"pss-exporter/{__version__}"})
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            body = resp.read(STATUS_MAX_BYTES + 1)
+            body: bytes = resp.read(STATUS_MAX_BYTES + 1)
         if len(body) > STATUS_MAX_BYTES:
             raise ValueError(f"status page larger than {STATUS_MAX_BYTES} bytes")
         return body

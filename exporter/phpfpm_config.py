@@ -70,8 +70,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from .config import excerpt
 from .fileio import read_regular
+from .text import excerpt
 
 MAX_INCLUDE_DEPTH = 5  # files nested, the main one included: php-fpm's limit
 MAX_FILES = 10_000  # per load: a shared host may run thousands of pools

@@ -100,7 +100,9 @@ class Memory(NamedTuple):
     pss_shmem: int | None
 
 
-ZERO_MEMORY = Memory(0, 0, 0, 0, 0, None, None, None)
+# What a zombie holds: nothing, of every kind (its split is 0, not unknown,
+# so it does not hide its group's split: snapshot.optional_sum).
+ZERO_MEMORY = Memory(0, 0, 0, 0, 0, 0, 0, 0)
 
 # smaps key -> index into the accumulator below.
 _SMAPS_KEYS = {
@@ -172,6 +174,24 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
     while args and not args[-1]:
         args.pop()
     return tuple(args)
+
+
+class CgroupLine(NamedTuple):
+    """One line of /proc/PID/cgroup: 'ID:CONTROLLERS:PATH'."""
+
+    hierarchy: str  # "0" with no controllers: the v2 (unified) hierarchy
+    controllers: str  # comma-separated (v1), empty for v2
+    path: str  # as written: a path may hold ':'
+
+
+def parse_proc_cgroup_lines(data: bytes) -> tuple[CgroupLine, ...]:
+    """The lines of /proc/PID/cgroup; one without two ':' is skipped. Never raises."""
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out.append(CgroupLine(*parts))
+    return tuple(out)
 
 
 def parse_meminfo(data: bytes) -> dict[str, int]:

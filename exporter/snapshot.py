@@ -7,15 +7,16 @@ metrics, web and CLI views show is computed here, once per collection.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .accounting import Accounting
-from .capacity import Capacity, pool_capacity
+from .capacity import Capacity, pool_capacity, quantile
 from .cgroup import CgroupState
 from .config import PhpFpmConfig
-from .phpfpm import PoolInfo
+from .phpfpm_config import PoolSettings
+from .privileges import OwnProcess
 from .procfs import Memory
 
 # How a collection obtained a process's memory (pss_exporter_smaps_processes).
@@ -42,6 +43,15 @@ class Sample(NamedTuple):
     stale: bool = False
 
 
+class SourceResult(NamedTuple):
+    """How one source of a collection did (see sources.py): ok is False when
+    it raised and its part of the snapshot is missing."""
+
+    name: str
+    ok: bool
+    duration: float  # seconds
+
+
 class LargeRead(NamedTuple):
     """How long the last smaps read of one large process took."""
 
@@ -57,6 +67,10 @@ class Distribution:
     total: int
     count: int
 
+    def quantile(self, q: float) -> int | None:
+        """The value at quantile q (one of QUANTILES); None without workers."""
+        return quantile(self.quantiles, q)
+
 
 @dataclass(frozen=True)
 class GroupStats:
@@ -69,12 +83,39 @@ class GroupStats:
     uss: int
     swap: int
     swap_pss: int
-    # None when no process of the group reported the split (kernel < 5.x).
+    # None unless every readable process of the group reported the split
+    # (kernel >= 5.x, smaps_rollup read): see optional_sum.
     pss_anon: int | None
     pss_file: int | None
     pss_shmem: int | None
     worker_pss: Distribution
     worker_uss: Distribution
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """The counters of php-fpm's status page (`?json`), as phpfpm.parse_status reads it."""
+
+    accepted_conn: int
+    listen_queue: int
+    max_listen_queue: int
+    idle: int
+    active: int
+    total: int
+    max_active: int
+    max_children_reached: int
+    slow_requests: int
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """What one collection learned about a pool beyond its memory."""
+
+    group: str
+    settings: PoolSettings | None  # None: no config could be read
+    max_children: int | None  # configured, or the YAML override
+    status: PoolStatus | None  # None: no status source, or it did not answer
+    status_queried: bool
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,10 @@ class Snapshot:
     accounting: Accounting | None = None  # the latest reconciliation
     group_oom_kills: dict[str, int] = field(default_factory=dict)  # cgroup or kernel log
     kmsg_up: bool | None = None  # None: the kernel log is not watched
+    # The exporter's own process (capabilities, CPU, memory, descriptors), read
+    # with the collection so that rendering reads nothing.
+    own: OwnProcess = field(default_factory=OwnProcess)
+    sources: tuple[SourceResult, ...] = ()  # each source run this cycle, in order
 
     @property
     def finished(self) -> float:
@@ -130,9 +175,16 @@ def distribution(values: list[int]) -> Distribution:
     )
 
 
-def _optional_sum(values: list[int | None]) -> int | None:
-    present = [v for v in values if v is not None]
-    return sum(present) if present else None
+def optional_sum(values: Iterable[int | None]) -> int | None:
+    """The sum of values; None when there are none or any is missing (a
+    kernel without the PSS split, or a process whose full smaps was read): a
+    sum over only some of the processes would pass for all of them."""
+    total, seen = 0, False
+    for v in values:
+        if v is None:
+            return None
+        total, seen = total + v, True
+    return total if seen else None
 
 
 def aggregate_group(name: str, samples: list[Sample]) -> GroupStats:
@@ -148,9 +200,9 @@ def aggregate_group(name: str, samples: list[Sample]) -> GroupStats:
         uss=sum(m.uss for m in mems),
         swap=sum(m.swap for m in mems),
         swap_pss=sum(m.swap_pss for m in mems),
-        pss_anon=_optional_sum([m.pss_anon for m in mems]),
-        pss_file=_optional_sum([m.pss_file for m in mems]),
-        pss_shmem=_optional_sum([m.pss_shmem for m in mems]),
+        pss_anon=optional_sum([m.pss_anon for m in mems]),
+        pss_file=optional_sum([m.pss_file for m in mems]),
+        pss_shmem=optional_sum([m.pss_shmem for m in mems]),
         worker_pss=distribution([m.pss for m in workers]),
         worker_uss=distribution([m.uss for m in workers]),
     )

@@ -8,31 +8,17 @@ import time
 from typing import TextIO
 
 from .collector import Collector
-from .snapshot import GroupStats, Snapshot
+from .snapshot import Snapshot
+from .text import human
 
 COLUMNS = ("GROUP", "PROCS", "PSS", "USS", "RSS", "SWAP", "MED PSS", "MAX PSS", "MAX_CH", "REC_CH")
 _CLEAR, _BOLD, _RESET = "\x1b[H\x1b[2J", "\x1b[1m", "\x1b[0m"
 
 
-def human(n: float | None) -> str:
-    """Bytes in binary units, three significant digits: 512 B, 1.5 KiB, 38.2 MiB."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _quantile(g: GroupStats, q: float) -> int | None:
-    return next((v for qq, v in g.worker_pss.quantiles if qq == q), None)
-
-
 def rows(snap: Snapshot) -> list[tuple[str, ...]]:
     """One row per group, largest PSS first; pools show max_children."""
     pools = {p.info.group: p for p in snap.pools}
-    out = []
+    out: list[tuple[str, ...]] = []
     for g in sorted(snap.groups, key=lambda g: (-g.pss, g.name)):
         pool = pools.get(g.name)
         configured = pool.info.max_children if pool else None
@@ -45,8 +31,8 @@ def rows(snap: Snapshot) -> list[tuple[str, ...]]:
                 human(g.uss),
                 human(g.rss),
                 human(g.swap),
-                human(_quantile(g, 0.5)),
-                human(_quantile(g, 1.0)),
+                human(g.worker_pss.quantile(0.5)),
+                human(g.worker_pss.quantile(1.0)),
                 "-" if configured is None else str(configured),
                 "-" if recommended is None else str(recommended),
             )

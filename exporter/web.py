@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import __version__
@@ -108,7 +109,8 @@ def _weighted(header: str) -> list[tuple[str, dict[str, str], float]]:
     out = []
     for element in header.split(",", MAX_ELEMENTS)[:MAX_ELEMENTS]:
         token, *params = element.split(";")
-        token, args, q = token.strip().lower(), {}, 1.0
+        token, args = token.strip().lower(), {}
+        q: float | None = 1.0  # None: malformed, the element is dropped
         for param in params:
             name, _, value = param.partition("=")
             name, value = name.strip().lower(), value.strip().strip('"')
@@ -339,20 +341,22 @@ class _Server(ThreadingHTTPServer):
             sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
-    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+    # A TCP server's request is the socket get_request accepted, never the
+    # (data, socket) pair of a UDP one that socketserver's signatures allow.
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         if not self.slots.admit(request):
             self.shutdown_request(request)  # every slot busy: refuse rather than queue
             return
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request) -> None:  # type: ignore[override]
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         self.slots.release(request)  # first: no hang-up after the close
         super().shutdown_request(request)
 
     def service_actions(self) -> None:
         self.slots.sweep()  # serve_forever calls this at least twice a second
 
-    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+    def handle_error(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):
             # Broken TLS handshakes, resets and timeouts are the network's business.
@@ -368,13 +372,14 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    rfile: io.BufferedReader  # StreamRequestHandler's makefile("rb", -1): it peeks
     server_version = f"pss-exporter/{__version__}"
     sys_version = ""  # no interpreter version in the Server header
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
     disable_nagle_algorithm = True  # head and body go out without a delayed-ACK wait
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Callable[[], None]:
         # Methods http.server has no do_X for (PROPFIND, ...): 405 as well, not 501.
         if name.startswith("do_"):
             return self._not_allowed
@@ -403,7 +408,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.slots.idle(self.request)
 
     def parse_request(self) -> bool:
-        rfile, self.rfile = self.rfile, _HeadReader(self.rfile)
+        # parse_request reads the head through rfile.readline alone, which is
+        # all of a reader _HeadReader is.
+        rfile, self.rfile = self.rfile, _HeadReader(self.rfile)  # type: ignore[assignment]
         try:
             if not super().parse_request():
                 return False

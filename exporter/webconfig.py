@@ -28,8 +28,9 @@ from typing import Any
 
 import bcrypt
 
-from .config import ConfigError, excerpt, load_yaml
+from .config import ConfigError, load_yaml
 from .config import _key_text as key_text
+from .text import excerpt
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ MAX_PATH = 4096  # PATH_MAX: a longer file name cannot be opened
 MAX_TLS_FILE = 1 << 20  # a certificate chain, key or CA bundle is far smaller
 
 
-def _mapping(data: Any, source: str, key: str, known: set[str]) -> dict:
+def _mapping(data: Any, source: str, key: str, known: set[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -104,7 +105,7 @@ def _mapping(data: Any, source: str, key: str, known: set[str]) -> dict:
     return data
 
 
-def _names(tls: dict, key: str, source: str) -> list[str]:
+def _names(tls: dict[str, Any], key: str, source: str) -> list[str]:
     value = tls.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise WebConfigError(source, f"tls_server_config.{key}", "must be a list of names")
@@ -128,7 +129,7 @@ def _open_regular(file: str, source: str, key: str) -> int:
     raise WebConfigError(source, key, f"{file}: {reason}")
 
 
-def _tls(tls: dict, source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
+def _tls(tls: dict[str, Any], source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:
     def path(key: str) -> str:
         value = tls.get(key)
         if not isinstance(value, str) or not value or len(value) > MAX_PATH:
@@ -408,8 +409,8 @@ class WebConfigWatcher:
         return self._config
 
     @staticmethod
-    def _stat(files: tuple[str, ...]) -> tuple:
-        stamps = []
+    def _stat(files: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+        stamps: list[tuple[int, int, int] | None] = []  # None: cannot be stat'ed
         for f in files:
             try:
                 st = os.stat(f)
@@ -419,32 +420,31 @@ class WebConfigWatcher:
         return tuple(stamps)
 
     def current(self) -> WebConfig:
-        if self.path is None or time.monotonic() - self._checked < 1.0:
+        path = self.path
+        if path is None or time.monotonic() - self._checked < 1.0:
             return self._config
         if not self._lock.acquire(blocking=False):
             return self._config  # another thread is re-reading it
         try:
             self._checked = time.monotonic()
-            self._reload_if_changed()
+            self._reload_if_changed(path)
         except Exception as exc:  # whatever it is, the previous config serves on
             if not isinstance(exc, WebConfigError):
-                exc = WebConfigError(self.path, "", _unforeseen(exc))
+                exc = WebConfigError(path, "", _unforeseen(exc))
             log.error("keeping the previous web config: %s", exc)
         finally:
             self._lock.release()
         return self._config
 
-    def _reload_if_changed(self) -> None:
+    def _reload_if_changed(self, path: str) -> None:
         stamps = self._stat(self._config.files)
         if stamps == self._stamps:
             return
         self._stamps = stamps  # an invalid version is reported once, not every second
-        config = load_web_config(self.path)
+        config = load_web_config(path)
         if (config.ssl_context is None) != (self._config.ssl_context is None):
             # Never fall back to plain HTTP (or switch to TLS) under clients.
-            raise WebConfigError(
-                self.path, "tls_server_config", "TLS on/off changes need a restart"
-            )
+            raise WebConfigError(path, "tls_server_config", "TLS on/off changes need a restart")
         self._config = config
         self._stamps = self._stat(self._config.files)
-        log.info("reloaded web config %s", self.path)
+        log.info("reloaded web config %s", path)

@@ -379,6 +379,53 @@ def test_garbled_cgroup_number_loses_only_that_cgroup(
     assert cgroup_series(s, "nginx") == V2_GROUPS["nginx"]
 
 
+SPLIT = ("pss_group_pss_anon_bytes", "pss_group_pss_file_bytes", "pss_group_pss_shmem_bytes")
+
+
+@pytest.mark.parametrize(
+    "lacks, file_cache, group_split",
+    [
+        # Only Pss_Shmem missing: Pss_File is still known for every process.
+        (
+            [b"Pss_Shmem:          4000 kB\n"],
+            -28150 * KiB,
+            {SPLIT[0]: 238000 * KiB, SPLIT[1]: 8000 * KiB},
+        ),
+        # No split at all (full smaps, kernel < 5.x): Mapped stands in.
+        (
+            [
+                b"Pss_Anon:         140000 kB\n",
+                b"Pss_File:           6000 kB\n",
+                b"Pss_Shmem:          4000 kB\n",
+            ],
+            -95000 * KiB,
+            {},
+        ),
+    ],
+    ids=["no Pss_Shmem", "no split"],
+)
+def test_host_split_follows_the_group_rule(
+    tmp_path: Path, config: Path, lacks: list[bytes], file_cache: int, group_split: dict
+) -> None:
+    """One readable process (batch's 421) without a part of the split: that
+    part is unknown for the host as for its group (snapshot.optional_sum),
+    never a sum over the other processes passed off as the whole."""
+    data = (HOST / "v2" / "procfs/421/smaps_rollup").read_bytes()
+    for line in lacks:
+        assert data.count(line) == 1, line
+        data = data.replace(line, b"")
+    s = crafted_v2(tmp_path, config, "procfs/421/smaps_rollup", data)
+    parts = components(s)
+    assert parts["processes_pss"] == COMPONENTS["processes_pss"]
+    assert parts["processes_file_cache"] == file_cache
+    assert parts["shmem_unmapped"] == 180000 * KiB  # all of Shmem: its mapped part is unknown
+    assert sum(parts.values()) == USED
+    batch = {
+        n: v for (n, labels), v in s.items() if n in SPLIT and dict(labels)["group"] == "batch"
+    }
+    assert batch == group_split
+
+
 # ------------------------------------------------------------------- explain
 
 # human(): binary units, one decimal; shares of USED (980634 KiB) to 0.1%.

@@ -104,6 +104,7 @@ def github_anchors(markdown: str) -> set[str]:
     return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
+@pytest.mark.live
 def test_promtool_check_rules_is_clean() -> None:
     result = promtool("check", "rules", RULES)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -111,6 +112,8 @@ def test_promtool_check_rules_is_clean() -> None:
     assert "WARNING" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.live
 def test_promtool_unit_tests_pass() -> None:
     assert {p.name for p in UNIT_TESTS} >= {"drift.yml", "leak.yml", "exporter.yml"}
     result = promtool("test", "rules", *UNIT_TESTS)
@@ -165,6 +168,7 @@ def test_windows_and_derived_durations_follow_the_knobs(tmp_path: Path) -> None:
     assert alerts["PssExporterCollectionStale"]["for"] == "0s"
 
 
+@pytest.mark.live
 def test_short_knobs_give_valid_rules(tmp_path: Path) -> None:
     rules = tmp_path / "short.rules.yml"
     rules.write_text(generated(tmp_path, SHORT_KNOBS))

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT, require_binary
 
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
 BENCH = ROOT / "bench" / "bench.py"
 PROCESS_EXPORTER = "/usr/bin/prometheus-process-exporter"
 WORKERS, LARGE, REQUESTS, TREE, CHURN = 4, 1, 150, 2000, 200

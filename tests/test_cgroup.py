@@ -20,7 +20,8 @@ from exporter.cgroup import (
     read_memory,
     read_state,
 )
-from exporter.procfs import ParseError
+from exporter.discovery import LiveProcess
+from exporter.procfs import CgroupLine, ParseError, parse_proc_cgroup_lines
 
 from conftest import MEMORY_LIMIT, group_value, parse_samples, run_cli, wait_until
 
@@ -31,6 +32,35 @@ HYBRID = b"""9:name=systemd:/
 1:cpu:/
 0::/system.slice/php8.2-fpm.service
 """
+
+
+# A hybrid host's /proc/PID/cgroup, with the lines a crafted tree may add.
+HYBRID_CGROUP = (
+    b"12:memory:/system.slice/a.service\n"
+    b"11:cpu,cpuacct:/system.slice/a.service\n"
+    b"1:name=systemd:/odd:path (deleted)\n"
+    b"no colons here\n"
+    b"0::/system.slice/a.service\n"
+)
+
+
+def test_one_proc_cgroup_parser_for_memory_and_templates(tmp_path: Path) -> None:
+    """/proc/PID/cgroup is split in one place: the memory cgroup and the
+    {{.Cgroups}} template field see the same lines (a path may hold ':')."""
+    lines = parse_proc_cgroup_lines(HYBRID_CGROUP)
+    assert lines == (
+        CgroupLine("12", "memory", "/system.slice/a.service"),
+        CgroupLine("11", "cpu,cpuacct", "/system.slice/a.service"),
+        CgroupLine("1", "name=systemd", "/odd:path (deleted)"),
+        CgroupLine("0", "", "/system.slice/a.service"),
+    )
+    assert parse_proc_cgroup(HYBRID_CGROUP) == CgroupPaths(
+        "/system.slice/a.service", "/system.slice/a.service"
+    )
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_bytes(HYBRID_CGROUP)
+    proc = LiveProcess(str(tmp_path), 7, "a", 0)
+    assert proc.cgroups == tuple(line.path for line in lines)
 
 
 def test_parse_proc_cgroup_layouts() -> None:
@@ -97,6 +127,7 @@ def test_cgroup_number_out_of_range_is_a_parse_error(tmp_path: Path, name: str, 
 # ----------------------------------------------------------------- live
 
 
+@pytest.mark.live
 def test_pool_budget_follows_its_cgroup_limit(tmp_path: Path, limited_cgroup: Path) -> None:
     pool = f"cg_{uuid.uuid4().hex[:6]}"
     conf = write_static_config(tmp_path, {pool: 2})

@@ -198,6 +198,7 @@ def run_cli_without_dac_override(*args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.live
 def test_unreadable_config_file(tmp_path: Path) -> None:
     config = write(tmp_path / "secret.yaml", "max_groups: 5\n")
     config.chmod(0)
@@ -208,6 +209,7 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------- bad flags
 
 
+@pytest.mark.live
 def test_port_in_use() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -367,6 +369,7 @@ def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         yield proc, port
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_serve_stops_cleanly_on_signal(
     serving: tuple[subprocess.Popen[str], int], signum: signal.Signals

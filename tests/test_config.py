@@ -8,10 +8,14 @@ tests/test_cli.py; these tests call the loader and look at its messages."""
 from __future__ import annotations
 
 import errno
+import functools
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,8 +26,11 @@ from exporter.config import (
     Config,
     ConfigError,
     load_config,
+    parse_duration,
 )
 from exporter.fileio import read_regular
+
+from conftest import ROOT
 
 # The longest message a rejected value may give after the file name: key
 # path, reason and an excerpt of at most EXCERPT characters.
@@ -253,3 +260,74 @@ def test_a_fifo_config_is_refused_without_being_opened(tmp_path: Path) -> None:
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release the writer
     assert opened.wait(5)
     thread.join(5)
+
+
+@functools.cache
+def alerts_generate() -> ModuleType:
+    """alerts/generate.py, a standalone script (it imports nothing of exporter/)."""
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "alerts" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+# Prometheus's model.ParseDuration: units y w d h m s ms, in this order, each once.
+DURATIONS = {
+    "15s": 15.0,
+    "500ms": 0.5,
+    "1m30s": 90.0,
+    "1h1m1s1ms": 3661.001,
+    "2d": 172800.0,
+    "1w": 604800.0,
+    "1y": 31536000.0,
+    "0s": 0.0,
+    "1y2w3d4h5m6s7ms": 33019506.007,
+    "099999999ms": 99999.999,  # leading zero, 9 digits
+}
+NOT_DURATIONS = [
+    "",
+    "1m1m",  # a unit twice
+    "1s1m",  # out of order
+    "1ms1s",
+    "1.5s",  # no fractions
+    "15",  # no unit
+    "0",
+    "15 s",
+    " 15s",
+    "15s ",
+    "-1s",
+    "+1s",
+    "1S",
+    "1sec",
+    "1us",
+    "1000000000000000s",  # 16 digits
+    "s",
+    "1e3s",
+]
+
+
+@pytest.mark.parametrize("text", [*DURATIONS, *NOT_DURATIONS])
+def test_config_and_alerts_read_durations_by_one_grammar(text: str) -> None:
+    """The config and the alert knobs (alerts/generate.py) accept and reject
+    the same strings, with the same value: Prometheus's grammar. Before, the
+    config took '1m1m', '1s1m' and '1.5s'."""
+    knob = alerts_generate().parse_duration(text)
+    try:
+        seconds: float | None = parse_duration(text)
+    except ValueError:
+        seconds = None
+    if text in DURATIONS:
+        assert seconds == pytest.approx(DURATIONS[text]), text
+        assert knob is not None and knob.ms / 1000 == pytest.approx(DURATIONS[text]), text
+    else:
+        assert seconds is None and knob is None, text
+
+
+def test_a_duration_unit_twice_is_a_config_error(tmp_path: Path) -> None:
+    message = rejected(tmp_path, "collection:\n  interval: 1m1m\n")
+    assert message.endswith(
+        ": collection.interval: invalid duration '1m1m' (use e.g. 500ms, 15s, 1m30s: "
+        "units y, w, d, h, m, s, ms in this order, each once)"
+    )

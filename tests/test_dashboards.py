@@ -202,6 +202,7 @@ def test_substitute_replaces_every_variable_form() -> None:
         substitute("x[$undefined]", VALUES)
 
 
+@pytest.mark.live
 def test_prometheus_rejects_what_grafana_could_not_plot(prometheus: str) -> None:
     results = run_queries(prometheus, [("broken", "sum(up"), ("range", "up[5m]")], VALUES)
     assert [(r.status, r.result_type, r.ok) for r in results] == [
@@ -211,6 +212,7 @@ def test_prometheus_rejects_what_grafana_could_not_plot(prometheus: str) -> None
     assert "unclosed" in results[0].error or "expected" in results[0].error
 
 
+@pytest.mark.live
 def test_every_query_parses_in_prometheus(prometheus: str) -> None:
     queries = [
         (f"{path.name}: {title}", expr)

@@ -149,6 +149,7 @@ def documented_exposure() -> tuple[float, float]:
     return float(found[1]), float(found[2])
 
 
+@pytest.mark.live
 def test_unit_and_dropin_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = unit_with_binary(tmp_path)
     result = analyze("verify", str(unit))
@@ -159,6 +160,7 @@ def test_unit_and_dropin_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "NoSuchSetting" in analyze("verify", str(unit)).stderr
 
 
+@pytest.mark.live
 def test_unit_exposure_is_at_most_2_5_as_documented(tmp_path: Path) -> None:
     plain = exposure(tmp_path / "plain", dropin=False)
     with_kmsg = exposure(tmp_path / "kmsg", dropin=True)
@@ -168,6 +170,7 @@ def test_unit_exposure_is_at_most_2_5_as_documented(tmp_path: Path) -> None:
     assert documented_exposure() == (plain, with_kmsg)
 
 
+@pytest.mark.live
 def test_unit_runs_as_its_sysusers_user_with_only_the_needed_capabilities(
     tmp_path: Path,
 ) -> None:
@@ -369,6 +372,7 @@ def private_pool(tmp_path: Path) -> Iterator[Pool]:
         yield pool
 
 
+@pytest.mark.live
 def test_exporter_reads_a_private_php_fpm_pool_inside_the_unit_sandbox(
     private_pool: Pool,
 ) -> None:
@@ -426,6 +430,7 @@ def kept_in_root_home() -> list[str]:
     return sorted({p.parts[2] for p in kept if p.is_relative_to("/root") and len(p.parts) > 2})
 
 
+@pytest.mark.live
 def test_sandbox_replay_confines_like_the_unit(tmp_path: Path) -> None:
     """The replay is not a no-op: what the unit takes away is gone in it."""
     result = run_sandboxed(SANDBOX_PROBE, str(tmp_path))
@@ -526,6 +531,7 @@ def rss(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1])
 
 
+@pytest.mark.live
 def test_oom_score_and_memory_bound_take_effect_on_the_exporter(limited_cgroup: Path) -> None:
     """PID 1 here is not systemd: the unit's settings are replayed around the
     sandbox. The exporter serves inside its bound with its score, and the
@@ -847,6 +853,7 @@ def healthcheck_command(port: int) -> list[str]:
     return [sys.executable, *[a.replace(f":{DEFAULT_PORT}/", f":{port}/") for a in argv[1:]]]
 
 
+@pytest.mark.live
 def test_dockerfile_healthcheck_passes_on_a_ready_exporter_and_fails_without_one() -> None:
     with running_exporter() as url:
         port = int(url.rpartition(":")[2])
@@ -942,6 +949,8 @@ def replay_builder(stage: Stage, root: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.live
 def test_dockerfile_builder_stage_installs_a_working_exporter(tmp_path: Path) -> None:
     builder, final = docker_stages()
     env = replay_builder(builder, tmp_path)

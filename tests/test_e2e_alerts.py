@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 from dashboards_util import (
     dashboard_paths,
@@ -49,6 +50,8 @@ from conftest import (
     wait_for_http,
     wait_until,
 )
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 LEAK_SCRIPT = Path(__file__).resolve().parent / "php" / "leak.php"
 WORKERS = 3

@@ -172,6 +172,7 @@ def hello(rid: int) -> bytes:
 # --- against fake servers ---------------------------------------------------------
 
 
+@pytest.mark.live
 def test_request_records_and_params(fake: Callable[[Reply], FakeServer]) -> None:
     def reply(conn: socket.socket, rid: int) -> None:
         answer = record(STDERR, b"a warning", rid) + hello(rid) + end_request(rid)
@@ -210,6 +211,7 @@ def test_request_records_and_params(fake: Callable[[Reply], FakeServer]) -> None
     }
 
 
+@pytest.mark.live
 def test_status_header_and_host_name(fake: Callable[[Reply], FakeServer]) -> None:
     body = b"Status: 503 Service Unavailable\nContent-Type: text/plain\n\nbusy\r\n\r\n"
     server = fake(sends(lambda rid: record(STDOUT, body, rid) + end_request(rid)))
@@ -252,6 +254,7 @@ BAD_ANSWERS = {
 }
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("case", BAD_ANSWERS)
 def test_bad_answers_rejected(fake: Callable[[Reply], FakeServer], case: str) -> None:
     reply, reason = BAD_ANSWERS[case]
@@ -260,6 +263,7 @@ def test_bad_answers_rejected(fake: Callable[[Reply], FakeServer], case: str) ->
         request(server.listen, "/status", timeout=1)
 
 
+@pytest.mark.live
 def test_endless_answer_stopped_at_max_bytes(fake: Callable[[Reply], FakeServer]) -> None:
     """The server streams records until the client hangs up: the client must
     stop at max_bytes (reading on would end in a timeout instead)."""
@@ -274,6 +278,7 @@ def test_endless_answer_stopped_at_max_bytes(fake: Callable[[Reply], FakeServer]
         request(server.listen, "/status", timeout=5, max_bytes=100_000)
 
 
+@pytest.mark.live
 def test_allow_is_asked_before_connecting(fake: Callable[[Reply], FakeServer]) -> None:
     """allow sees each resolved TCP address, and a unix socket's path as
     given; a refused address is never connected to."""
@@ -337,6 +342,7 @@ def recording(listener: socket.socket) -> Iterator[list[bytes]]:
         thread.join(10)
 
 
+@pytest.mark.live
 def test_peer_of_a_unix_socket_is_checked_before_sending(tmp_path: Path) -> None:
     """peer names who must have made the socket listen: this process here.
     Any other pid, or (when the kernel gives no pid) another uid, and not a
@@ -464,6 +470,7 @@ def fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fpm]:
         yield fpm
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("pool", [TCP_POOL, UNIX_POOL])
 def test_status_page_json(fpm: Fpm, pool: str) -> None:
     listen = fpm.tcp if pool == TCP_POOL else str(fpm.socket)
@@ -476,6 +483,7 @@ def test_status_page_json(fpm: Fpm, pool: str) -> None:
     assert status["total processes"] == 2
 
 
+@pytest.mark.live
 def test_ping_over_tcp_and_through_root_prefix(fpm: Fpm) -> None:
     assert request(fpm.tcp, "/ping").body == b"pong"
     # The unix socket reached as "/fpm.sock" under a root directory, as a
@@ -491,6 +499,7 @@ def test_ping_over_tcp_and_through_root_prefix(fpm: Fpm) -> None:
     assert (response.status, response.body) == (200, b"pong")
 
 
+@pytest.mark.live
 def test_php_script_status_headers_stderr(fpm: Fpm) -> None:
     script = str(fpm.scripts / "not_found.php")
     response = request(str(fpm.socket), script, query="q=a%20b")
@@ -501,6 +510,7 @@ def test_php_script_status_headers_stderr(fpm: Fpm) -> None:
     assert b"probe-stderr" in response.stderr
 
 
+@pytest.mark.live
 def test_large_answer_read_or_refused(fpm: Fpm) -> None:
     script = str(fpm.scripts / "big.php")
     assert request(fpm.tcp, script, max_bytes=4 << 20).body == b"x" * (3 << 20)

@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from conftest import EXPORTER, FIXTURES, ROOT, group_value, parse_samples, run_cli
 
 TREES = FIXTURES / "procfs"
@@ -327,6 +329,7 @@ def test_malformed_rollup_is_left_out(tmp_path: Path) -> None:
     check_exporter(samples, scanned=2, parse=1)
 
 
+@pytest.mark.live
 def test_unreadable_smaps_counts_as_unreadable(tmp_path: Path) -> None:
     tree = tmp_path / "proc"
     shutil.copytree(TREES / "fpm-host", tree, symlinks=True)  # exe stays a link

@@ -40,6 +40,8 @@ from exporter.procfs import ParseError
 
 from conftest import FIXTURES, ROOT
 
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 
 FUZZ = settings(
@@ -454,6 +456,7 @@ def garbled_answers(draw: st.DrawFn) -> Callable[[int], bytes]:
     return answer
 
 
+@pytest.mark.live
 @FUZZ
 @given(garbled_answers() | st.binary(max_size=300).map(lambda b: lambda _: b))
 def test_fastcgi_client_gives_a_response_or_fastcgi_error(
@@ -469,6 +472,7 @@ CGI_NAME = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-", min_
 CGI_VALUE = st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=20)
 
 
+@pytest.mark.live
 @FUZZ
 @given(
     st.lists(st.tuples(CGI_NAME.filter(lambda n: n.lower() != "status"), CGI_VALUE), min_size=1),
@@ -879,6 +883,7 @@ WEB_DOCS = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.live
 @FUZZ
 @given(yaml_bytes(WEB_DOCS))
 def test_web_config_loads_or_raises_one_line_web_config_error(certs: Path, content: bytes) -> None:

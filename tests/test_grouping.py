@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
+from exporter.classify import Grouper
 from exporter.config import Config, ConfigError, build_config
 from exporter.grouping import (
     FpmMaster,
@@ -20,7 +22,11 @@ from exporter.grouping import (
     fpm_role,
     outside_fpm_groups,
 )
-from exporter.procfs import parse_cmdline
+from exporter.phpfpm import PhpFpmSource
+from exporter.phpfpm_config import PoolSettings
+from exporter.procfs import Stat, parse_cmdline
+from exporter.sources import Cycle, pool_refs
+from exporter.tracking import Proc
 
 from conftest import FIXTURES
 
@@ -428,3 +434,99 @@ def test_pool_overrides_keyed_by_numbers_or_booleans_are_kept() -> None:
     assert config.php_fpm.pools["8080"].max_children == 3
     with pytest.raises(ConfigError, match=r"php_fpm\.pools\.True\.nope: unknown key"):
         build_config({"php_fpm": {"pools": {True: {"nope": 1}}}}, "test")
+
+
+@dataclass(frozen=True)
+class FpmStub:
+    """classify.FpmTrust with the trust check and the last config loads given."""
+
+    masters: dict[int, FpmMaster]
+    loaded: list[tuple[str, int]]  # (pool, master pid) the last config loads named
+
+    def trust(self, masters: dict[int, int]) -> dict[int, int]:
+        return {pid: self.masters[pid].uid for pid in masters}
+
+    def configured(self, masters: dict[int, FpmMaster]) -> list[tuple[str, int]]:
+        return self.loaded
+
+
+def pool_groups(
+    masters: dict[int, FpmMaster],
+    configured: list[tuple[str, int]],
+    running: dict[int, tuple[str, int]],
+    loaded: bool = True,
+) -> dict[tuple[str, int], str]:
+    """The group of each php-fpm pool after one cycle: classify.Grouper names
+    the pools (running: {worker pid: (pool, master pid)}; configured: what the
+    masters' configs name, as of the last loads unless not loaded yet), then
+    PhpFpmSource.start adds the idle ones (config reads stubbed, no status page)."""
+    fpm = PhpFpmSource(build_config({}, "test").php_fpm, "/proc", 15.0)
+    pool = PoolSettings("www", "ondemand", 4, None, None, None, 0, None, None, None)
+    settings = {(pid, name): pool for name, pid in configured}
+    fpm.configs = SimpleNamespace(settings=lambda refs, m: (settings, {}))  # type: ignore[assignment]
+    procs = [
+        Proc(pid, Stat("php-fpm", "S", 1, 0, m.starttime), None, FpmRole(True, m.conf), True)
+        for pid, m in masters.items()
+    ] + [
+        Proc(pid, Stat("php-fpm", "S", ppid, 0, 1), None, FpmRole(False, name), True)
+        for pid, (name, ppid) in running.items()
+    ]
+    grouper = Grouper(100, FpmStub(masters, configured if loaded else []))
+    procs, groups, view = grouper.group(procs)
+    try:
+        pending = fpm.start(pool_refs(Cycle(0.0, procs, groups, view, {})), view.masters)
+    finally:
+        fpm.close()
+    return {(r.pool, r.master_pid): r.group for r, _, _ in pending}
+
+
+USER_MASTER = FpmMaster("/home/u/fpm.conf", 100, 1000)
+ROOT_MASTER = FpmMaster(MASTER_CONF, 200, 0)
+
+
+def test_idle_pools_are_named_by_the_one_pool_naming_rule() -> None:
+    """Pools no worker runs yet (ondemand) are named by fpm_pool_groups too, so
+    a pool's group does not depend on whether it is running: a user's idle
+    pool www, listed first, must not take php-fpm:www from root's."""
+    masters = {10: USER_MASTER, 20: ROOT_MASTER}
+    configured = [("www", 10), ("www", 20)]  # the user's master first
+    expected = {("www", 20): "php-fpm:www", ("www", 10): "php-fpm:www@/home/u/fpm.conf"}
+    assert fpm_pool_groups(dict.fromkeys(configured), masters) == expected
+    assert pool_groups(masters, configured, {}) == expected
+    assert pool_groups(masters, configured, {}, loaded=False) == expected  # `once`: a first load
+    # Two users' idle pools of one name: told apart both, as when they run.
+    masters[20] = FpmMaster("/home/v/fpm.conf", 200, 1001)
+    assert pool_groups(masters, configured, {}) == {
+        ("www", 10): "php-fpm:www@/home/u/fpm.conf",
+        ("www", 20): "php-fpm:www@/home/v/fpm.conf",
+    }
+
+
+@pytest.mark.parametrize(
+    "running",
+    [{}, {4242: ("www", 10)}, {4343: ("www", 20)}, {4242: ("www", 10), 4343: ("www", 20)}],
+    ids=["idle", "user's running", "root's running", "both running"],
+)
+def test_a_pools_group_is_the_same_idle_or_running(running: dict[int, tuple[str, int]]) -> None:
+    """Pools are named over the running and the configured ones: a user's
+    running www cannot take php-fpm:www from root's idle www (which was then
+    left out), nor is a group renamed when a pool's first worker starts."""
+    masters = {10: USER_MASTER, 20: ROOT_MASTER}
+    configured = [("www", 10), ("www", 20), ("api", 20)]
+    assert pool_groups(masters, configured, running) == {
+        ("www", 10): "php-fpm:www@/home/u/fpm.conf",
+        ("www", 20): "php-fpm:www",
+        ("api", 20): "php-fpm:api",
+    }
+
+
+def test_an_idle_pool_never_shares_a_running_pools_group() -> None:
+    """Before the first config load, running pools are named among the running
+    ones only; an idle pool whose name one of them holds is left out for that
+    cycle, never merged into it."""
+    masters = {10: USER_MASTER, 20: ROOT_MASTER}
+    configured = [("www", 10), ("www", 20), ("api", 20)]
+    assert pool_groups(masters, configured, {4242: ("www", 10)}, loaded=False) == {
+        ("www", 10): "php-fpm:www",
+        ("api", 20): "php-fpm:api",
+    }

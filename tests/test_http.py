@@ -35,6 +35,8 @@ from conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.live
+
 KIB = 1024
 INTERVAL = "200ms"
 TEXT_TYPE = "text/plain; version=0.0.4"

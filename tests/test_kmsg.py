@@ -395,6 +395,7 @@ print(watcher.start(), watcher.available)
 """
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("target", "error"),
     [
@@ -426,6 +427,7 @@ def test_watcher_without_permission(tmp_path: Path, target: str, error: str) -> 
     ]
 
 
+@pytest.mark.live
 def test_watcher_on_dev_kmsg_ignores_user_written_kills() -> None:
     """Live: the watcher reads the real kernel log, and kill lines a process
     writes into it (facility 1 whatever prefix it uses) are not kills."""

@@ -19,6 +19,8 @@ import pytest
 from conftest import group_value, parse_samples, run_cli
 from memhog import MIB, Hog, running_hog
 
+pytestmark = pytest.mark.live
+
 # Large next to an idle interpreter (~10 MB, of which ~2 MB are file pages
 # shared with every other Python process on the machine: its share of them
 # moves, and some of them turn private, as interpreters start and exit, e.g.

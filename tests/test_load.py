@@ -18,6 +18,8 @@ import pytest
 
 from conftest import FIXTURES, group_value, http_get, parse_samples, running_exporter
 
+pytestmark = pytest.mark.live
+
 PROCFS = FIXTURES / "procfs" / "fpm-host"  # static: every snapshot has the same groups
 CLIENTS = 8
 DURATION = 5.0  # seconds, at most...

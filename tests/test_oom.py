@@ -31,6 +31,8 @@ import pytest
 from conftest import http_get, parse_samples, running_exporter, wait_until
 from memhog import MIB, join_cgroup, running_hog
 
+pytestmark = pytest.mark.live
+
 LIMIT = 64 * MIB
 SLEEPER_MIB = 4  # plus the interpreter's ~10 MiB: well below LIMIT
 ALLOCATOR_MIB = 128  # twice LIMIT: killed while writing it

@@ -39,6 +39,8 @@ from conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.live
+
 MIB = 1 << 20
 SUFFIX = uuid.uuid4().hex[:8]
 STATIC, DYNAMIC, SATURATED = f"static_{SUFFIX}", f"dynamic_{SUFFIX}", f"saturated_{SUFFIX}"

@@ -465,6 +465,7 @@ def parser_view(s: PoolSettings) -> dict[str, object]:
     }
 
 
+@pytest.mark.live
 def test_parser_agrees_with_php_fpm_dump(fpm_conf: Path) -> None:
     result = subprocess.run(fpm_command(fpm_conf, "-tt"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -510,6 +511,7 @@ def fpm_master(fpm_conf: Path) -> Iterator[int]:
         yield proc.pid
 
 
+@pytest.mark.live
 def test_running_master_pools_match_its_workers(fpm_conf: Path, fpm_master: int) -> None:
     # As the exporter does: the config path from the master's title, read
     # through /proc/PID/root.

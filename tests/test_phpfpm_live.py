@@ -13,6 +13,8 @@ from fpm import MASTER_TITLE, all_pids, cmdline, running_fpm, workers, write_sta
 
 from conftest import group_value, parse_samples, run_cli
 
+pytestmark = pytest.mark.live
+
 
 @dataclass(frozen=True)
 class Fpm:

@@ -154,7 +154,7 @@ def collections(n: int = COLLECTIONS) -> list[Snapshot]:
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     """What the php-fpm side of the collection warned about."""
-    names = ("exporter.collector", "exporter.phpfpm")
+    names = ("exporter.classify", "exporter.phpfpm")
     return [r.getMessage() for r in caplog.records if r.name in names]
 
 
@@ -169,6 +169,7 @@ def pool(snap: Snapshot, group: str) -> PoolStats:
 # ----------------------------------------------------- the real sockets
 
 
+@pytest.mark.live
 def test_listening_sockets_as_the_kernel_lists_them(tmp_path: Path) -> None:
     """listening() on this very process, against the real /proc: its
     listening unix and TCP sockets, not the bound-only, connected, abstract
@@ -226,6 +227,7 @@ def test_listening_sockets_as_the_kernel_lists_them(tmp_path: Path) -> None:
     assert held.reaches(socket.AF_INET6, ("::1", dual_port))
 
 
+@pytest.mark.live
 def test_listening_in_another_network_namespace_is_not_reachable(tmp_path: Path) -> None:
     """127.0.0.1:PORT in another network namespace is another socket than
     the exporter's 127.0.0.1:PORT: held there, but not reachable from here."""
@@ -279,6 +281,7 @@ def real_pool(tmp_path: Path) -> Iterator[list[int]]:
         yield pool_workers(proc.pid, POOL)
 
 
+@pytest.mark.live
 def test_fake_masters_and_workers_are_not_php_fpm(
     real_pool: list[int], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -333,6 +336,7 @@ def test_fake_masters_and_workers_are_not_php_fpm(
     assert "'/x\\nFORGED: y'" in untrusted[0]  # escaped: no forged log line
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("owner", "mode"),
     [(NOBODY, 0o755), (0, 0o757), (0, 0o775)],
@@ -375,6 +379,7 @@ def status(listen: str) -> dict:
 # --------------------------------------- a real master, a changed config
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
 def test_status_address_the_master_does_not_hold_is_not_contacted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
@@ -410,6 +415,7 @@ def test_status_address_the_master_does_not_hold_is_not_contacted(
         assert groups(snap)[f"php-fpm:{name}"] == 2
 
 
+@pytest.mark.live
 def test_socket_swapped_for_a_symlink_gets_no_request(tmp_path: Path) -> None:
     """The master's socket file replaced by a symlink to another socket (as
     a pool user who can write the socket's directory may): the path is still
@@ -436,6 +442,7 @@ def test_socket_swapped_for_a_symlink_gets_no_request(tmp_path: Path) -> None:
 # ------------------------------------------------- many fakes, bounded
 
 
+@pytest.mark.slow
 def test_many_fake_masters_one_warning_checked_once_and_forgotten(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -489,7 +496,7 @@ def test_many_fake_masters_one_warning_checked_once_and_forgotten(
     assert snap.phpfpm_untrusted == 0 and warnings_of(caplog) == []
     # What was remembered of them is gone with them.
     assert col._fpm is not None and set(col._fpm._trust) == {100}
-    assert col._untrusted == set() and col._fpm._logged == {}
+    assert col._grouper._untrusted == set() and col._fpm.configs._logged == {}
 
 
 def test_sockets_are_listed_again_only_when_a_status_address_is_not_in_the_list(
@@ -550,6 +557,7 @@ def test_sockets_are_listed_again_only_when_a_status_address_is_not_in_the_list(
 # ------------------------------------------------ a master not run as root
 
 
+@pytest.mark.live
 def test_config_of_a_master_not_run_as_root_is_read_with_its_permissions(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -649,6 +657,7 @@ def test_a_master_vouches_only_for_the_process_seen(tmp_path: Path) -> None:
     assert source.trust({100: 7}) == {100: 0}
 
 
+@pytest.mark.live
 def test_a_dripping_status_page_holds_one_thread_not_one_per_collection(
     tmp_path: Path,
 ) -> None:

@@ -13,6 +13,8 @@ from prometheus_util import query, running_prometheus, wait_for_series
 from conftest import group_value, http_get, parse_samples, running_exporter
 from memhog import MIB, running_hog
 
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
 # Large next to the interpreter's file pages shared with other Python
 # processes, whose coming and going moves the hog's PSS a little between the
 # scrape Prometheus stored and the /metrics read below (see test_live_memory).

@@ -29,6 +29,8 @@ from exporter.webconfig import WebConfigWatcher
 
 from conftest import FIXTURES, group_value, parse_samples, serving_exporter
 
+pytestmark = pytest.mark.live
+
 PROCFS = FIXTURES / "procfs" / "kernel-threads"  # one group: sshd
 
 

@@ -47,6 +47,8 @@ from conftest import (
     run_cli,
 )
 
+pytestmark = pytest.mark.live
+
 PROCFS = FIXTURES / "procfs" / "kernel-threads"  # one group: sshd (PID 700)
 COLLECTION = "collection:\n  interval: 1s\n"
 HEADERS = {

@@ -1,0 +1,195 @@
+"""Grouping, the stage after tracking: each process's group.
+
+A process is classified once, when first seen (`Classifier`): its php-fpm
+title and the process_names rule that names it. Each cycle, `Grouper` then
+decides who is php-fpm's (an `FpmView`: the masters php-fpm's trust check
+vouches for and their children; every other php-fpm-titled process keeps its
+rule group, `untrusted:`-prefixed in the `php-fpm:` namespace, or is left
+out, and is logged once), names the trusted pools (running or configured,
+by one rule: grouping.fpm_pool_groups) and applies max_groups
+(groups admitted earlier keep their place; newcomers past the limit go to
+`other`). The rules themselves are grouping.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol
+
+from .config import Config
+from .discovery import LiveProcess
+from .grouping import (
+    FPM_MASTER_GROUP,
+    FpmMaster,
+    fpm_pool_groups,
+    fpm_role,
+    outside_fpm_groups,
+)
+from .procfs import Stat
+from .tracking import Proc
+
+log = logging.getLogger(__name__)
+
+OTHER_GROUP = "other"
+UNTRUSTED_LOGGED = 3  # untrusted php-fpm processes a warning names
+
+
+class FpmTrust(Protocol):
+    """What the grouping asks of php-fpm's source (phpfpm.PhpFpmSource)."""
+
+    def trust(self, masters: dict[int, int]) -> dict[int, int]:
+        """{master pid: start time} -> {trusted master pid: effective uid}"""
+        ...
+
+    def configured(self, masters: dict[int, FpmMaster]) -> Iterable[tuple[str, int]]:
+        """(pool, master pid) of every pool the masters' last config loads name."""
+        ...
+
+
+class FpmView(NamedTuple):
+    """php-fpm as one cycle sees it: only a master whose executable is a
+    root-installed php-fpm is one, and only its children are its workers."""
+
+    trusted: frozenset[int]  # PIDs of trusted masters and of their workers
+    masters: dict[int, FpmMaster]  # the trusted masters, by PID
+    names: dict[tuple[str, int], str]  # (pool, master PID) -> group, running or configured
+    untrusted: int  # processes titled as php-fpm, not trusted
+
+
+NO_FPM = FpmView(frozenset(), {}, {}, 0)
+
+
+class Classifier:
+    """Makes the Proc of a process seen for the first time (tracking.Classify)."""
+
+    def __init__(self, config: Config, procfs: str) -> None:
+        self.config = config
+        self.procfs = procfs
+
+    def __call__(self, pid: int, st: Stat, parent: Proc | None) -> Proc:
+        proc = LiveProcess(self.procfs, pid, st.comm, st.starttime)
+        role = fpm_role(st.comm, lambda: proc.cmdline)
+        provisional = st.comm.startswith("php-fpm") and (
+            role is None or (role.is_master and parent is not None and parent.is_master)
+        )
+        fpm = role is not None and self.config.php_fpm.enabled
+        # The rules group php-fpm's processes too: those not trusted as
+        # php-fpm's (decided each cycle, see Grouper) keep that group.
+        try:
+            group = next(
+                (n for rule in self.config.process_names if (n := rule.match(proc)) is not None),
+                None,
+            )
+        except OSError:
+            if not fpm:
+                raise
+            group = None  # grouped by its title, if trusted
+        return Proc(pid, st, group, role, fpm or group is not None, provisional)
+
+
+class Grouped(NamedTuple):
+    procs: list[Proc]  # the grouped processes
+    groups: list[str]  # their groups, in the same order
+    view: FpmView
+
+
+class Grouper:
+    """Final group names: php-fpm pools disambiguated, max_groups applied."""
+
+    def __init__(self, max_groups: int, fpm: FpmTrust | None) -> None:
+        self.max_groups = max_groups
+        self._fpm = fpm  # None: php-fpm grouping is off
+        self._admitted: frozenset[str] = frozenset()
+        self._overflowed: set[int] = set()
+        self.overflow_total = 0  # cumulative processes put into "other"
+        self._untrusted: set[tuple[int, int]] = set()  # (pid, starttime) already logged
+
+    def group(self, procs: list[Proc]) -> Grouped:
+        """A process titled as php-fpm that is not trusted and that no rule
+        groups is left out."""
+        view = self._fpm_view(procs) if self._fpm else NO_FPM
+        kept, wanted = [], []
+        for p in procs:
+            if p.pid in view.trusted and p.fpm is not None:
+                group = FPM_MASTER_GROUP if p.is_master else view.names[(p.fpm.name, p.ppid)]
+            elif p.group is not None:
+                group = outside_fpm_groups(p.group) if self._fpm else p.group
+            else:
+                continue
+            kept.append(p)
+            wanted.append(group)
+        admitted = self._admit(wanted)
+        overflowed = set()
+        result = []
+        for p, group in zip(kept, wanted):
+            if group in admitted:
+                result.append(group)
+                continue
+            result.append(OTHER_GROUP)
+            overflowed.add(p.pid)
+            if p.pid not in self._overflowed:
+                self.overflow_total += 1
+        self._overflowed = overflowed
+        return Grouped(kept, result, view)
+
+    def _fpm_view(self, procs: list[Proc]) -> FpmView:
+        """Which processes titled as php-fpm are php-fpm's, and their pools'
+        names. Any user can title a process 'php-fpm: ...'; only masters the
+        trust check vouches for count, and only their children are workers,
+        so no one else is grouped, queried or renames a pool."""
+        assert self._fpm is not None
+        claims = [(p, p.fpm) for p in procs if p.fpm is not None]
+        uids = self._fpm.trust({p.pid: p.starttime for p, role in claims if role.is_master})
+        masters = {
+            p.pid: FpmMaster(role.name, p.starttime, uids[p.pid])
+            for p, role in claims
+            if p.pid in uids
+        }
+        workers = [(p, role) for p, role in claims if not role.is_master and p.ppid in masters]
+        # Named over the running and the configured pools: a pool's group does
+        # not change when its last worker exits or its first one starts, and
+        # a running pool cannot take the name of an idle one.
+        running = [(role.name, p.ppid) for p, role in workers]
+        pools = dict.fromkeys([*running, *self._fpm.configured(masters)])
+        names = fpm_pool_groups(pools, masters)
+        trusted = frozenset(masters).union(p.pid for p, _ in workers)
+        untrusted = [p for p, _ in claims if p.pid not in trusted]
+        self._log_untrusted(untrusted)
+        return FpmView(trusted, masters, names, len(untrusted))
+
+    def _log_untrusted(self, untrusted: list[Proc]) -> None:
+        """One warning per cycle at most, naming the untrusted processes not
+        seen before (titles escaped: a newline in one must not forge a line)."""
+        new = [p for p in untrusted if (p.pid, p.starttime) not in self._untrusted]
+        self._untrusted = {(p.pid, p.starttime) for p in untrusted}  # only the living
+        if not new:
+            return
+        shown = ", ".join(
+            f"{p.pid} {'master of' if p.is_master else 'pool'} "
+            f"{(p.fpm.name if p.fpm else '')[:100]!r}"
+            for p in new[:UNTRUSTED_LOGGED]
+        )
+        more = f" and {len(new) - UNTRUSTED_LOGGED} more" if len(new) > UNTRUSTED_LOGGED else ""
+        log.warning(
+            "%d processes titled as php-fpm are not trusted as php-fpm's (the executable "
+            "is not a root-owned php-fpm, or the parent not such a master): grouped by "
+            "process_names, never queried: %s%s",
+            len(new),
+            shown,
+            more,
+        )
+
+    def _admit(self, wanted: list[str]) -> frozenset[str]:
+        """Groups allowed this cycle: those admitted before keep their place,
+        new ones fill the free places in order of appearance."""
+        limit = self.max_groups
+        present = dict.fromkeys(wanted)
+        admitted = [g for g in present if g in self._admitted][:limit]
+        for g in present:
+            if len(admitted) >= limit:
+                break
+            if g not in self._admitted:
+                admitted.append(g)
+        self._admitted = frozenset(admitted)
+        return self._admitted

@@ -1,0 +1,105 @@
+"""Sources run with isolation: one that raises loses only its own part of
+the snapshot for that cycle, and each reports whether it succeeded and how
+long it took (Snapshot.sources)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_bounded_collection import FakeClock, Tree
+
+from exporter.collector import Collector
+from exporter.config import build_config
+from exporter.host import HostSource
+from exporter.kmsg import KmsgWatcher
+from exporter.metrics import render
+from exporter.snapshot import Snapshot, SourceResult
+from exporter.sources import Cycle, SourceRunner
+
+from conftest import group_value, parse_samples
+
+
+class Constant:
+    def __init__(self, name: str, value: int) -> None:
+        self.name, self.value = name, value
+
+    def collect(self, cycle: Cycle) -> int:
+        return self.value
+
+
+class Broken:
+    name = "broken"
+
+    def collect(self, cycle: Cycle) -> int:
+        raise RuntimeError("a bug in one source")
+
+
+def test_runner_gives_a_raising_source_its_failed_value_and_runs_the_next() -> None:
+    runner = SourceRunner()
+    cycle = Cycle(0.0, [], [], None, {})  # type: ignore[arg-type]
+    assert runner.run(Broken(), cycle, -1) == -1
+    assert runner.run(Constant("fine", 7), cycle, -1) == 7
+    runner.call("fine", lambda: None, None)  # a second step of the same source
+    results = runner.results()
+    assert [(r.name, r.ok) for r in results] == [("broken", False), ("fine", True)]
+    assert all(r.duration >= 0 for r in results)
+    assert runner.results() == ()  # the next cycle starts empty
+
+
+def by_name(snap: Snapshot) -> dict[str, bool]:
+    return {r.name: r.ok for r in snap.sources}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    tree = Tree(tmp_path / "proc")
+    tree.write(10, "app", 100)
+    tree.write(11, "app", 300)
+    tree.write(12, "db", 500)
+    return tree
+
+
+def collector(tree: Tree, kmsg: KmsgWatcher | None = None) -> Collector:
+    config = build_config({"accounting": {"enabled": True}}, "test")
+    return Collector(config, str(tree.root), FakeClock(), sysfs=str(tree.root), kmsg=kmsg)
+
+
+def test_a_raising_source_loses_only_its_own_metrics(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with collector(tree) as col:
+        good = col.collect()
+    assert good.memory_total == 8000000 * 1024
+    assert by_name(good) == {"php-fpm": True, "host": True, "accounting": True, "cgroups": True}
+
+    def broken(self: HostSource, cycle: Cycle) -> None:
+        raise RuntimeError("host source bug")
+
+    monkeypatch.setattr(HostSource, "collect", broken)
+    with collector(tree) as col:
+        snap = col.collect()
+    assert snap.groups == good.groups  # every group intact
+    assert snap.memory_total is None and snap.memory_available is None  # the host's part
+    assert by_name(snap) == {"php-fpm": True, "host": False, "accounting": True, "cgroups": True}
+    assert all(isinstance(r, SourceResult) and r.duration >= 0 for r in snap.sources)
+    assert "source host failed: RuntimeError: 'host source bug'" in caplog.text
+    assert "Traceback" not in caplog.text
+    samples = parse_samples(render(snap).text.decode())
+    assert group_value(samples, "pss_group_pss_bytes", "db") == 500 * 1024
+
+
+def test_a_failing_kernel_log_keeps_the_other_sources(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = KmsgWatcher(str(tree.root / "no-kmsg"))  # never started: not available
+
+    def broken() -> list[object]:
+        raise OSError("drain failed")
+
+    monkeypatch.setattr(watcher, "drain", broken)
+    with collector(tree, watcher) as col:
+        snap = col.collect()
+    assert by_name(snap)["kmsg"] is False
+    assert by_name(snap)["host"] is True and snap.memory_total == 8000000 * 1024
+    assert {g.name: g.pss for g in snap.groups} == {"app": 400 * 1024, "db": 500 * 1024}
