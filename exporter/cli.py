@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 from . import __version__, explain, privileges, top
 from .collector import Collector
@@ -23,6 +24,7 @@ from .web import make_server, parse_listen_address
 from .webconfig import WebConfigError, WebConfigWatcher, load_web_config
 
 log = logging.getLogger("pss-exporter")
+_N = TypeVar("_N")
 
 _COLLECTING = ("config", "procfs", "sysfs", "log_level")
 # The flags (by dest) each command takes; any other flag it is given is a usage
@@ -46,9 +48,21 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
+    # ArgumentParser's overloads: the namespace given (if any) is the one returned.
+    @overload
     def parse_known_args(
-        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
+        self, args: Iterable[str] | None = None, namespace: None = None
+    ) -> tuple[argparse.Namespace, list[str]]: ...
+    @overload
+    def parse_known_args(
+        self, args: Iterable[str] | None, namespace: _N
+    ) -> tuple[_N, list[str]]: ...
+    @overload
+    def parse_known_args(self, *, namespace: _N) -> tuple[_N, list[str]]: ...
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
         """Parse, then refuse the flags that were given but the command does
         not take, and give the others their defaults."""
         flags = [a for a in self._actions if a.option_strings and a.default != argparse.SUPPRESS]
@@ -165,21 +179,23 @@ def _unbounded(config: Config) -> Config:
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
     web = WebConfigWatcher(args.web_config)  # raises WebConfigError: nothing started yet
-    reason = privileges.partial_reason(privileges.held())
-    if reason:
-        log.warning("%s", reason)
     kmsg = KmsgWatcher() if config.kmsg.enabled else None
-    if kmsg is not None:
-        kmsg.start()  # logs one line and reports source_up 0 when not permitted
     loop = CollectionLoop(_collector(args, config, kmsg), config.collection.interval)
     try:
         server = make_server(args.listen, loop, web)
-    except ValueError as exc:
-        raise UsageError(f"--web.listen-address: {exc}") from None
-    except OSError as exc:
+    except (ValueError, OSError) as exc:
+        loop.collector.close()
+        if isinstance(exc, ValueError):
+            raise UsageError(f"--web.listen-address: {exc}") from None
         raise UsageError(
             f"--web.listen-address: cannot listen on {args.listen}: {exc.strerror}"
         ) from None
+    # Warnings only once the flags are known good: a usage error stays one line.
+    reason = privileges.partial_reason(privileges.held())
+    if reason:
+        log.warning("%s", reason)
+    if kmsg is not None:
+        kmsg.start()  # logs one line and reports source_up 0 when not permitted
 
     def _shutdown(signum: int, _frame: object) -> None:
         log.info("received signal %d, shutting down", signum)
@@ -201,6 +217,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     )
     server.serve_forever()
     loop.stop()
+    loop.collector.close()  # the kernel-log reader and the thread pools
     server.server_close()
     return 0
 
@@ -221,21 +238,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         _warn_cardinality(config)
         if args.command == "once":
-            snap = _collector(args, _unbounded(config)).collect()
+            with _collector(args, _unbounded(config)) as collector:
+                snap = collector.collect()
             sys.stdout.buffer.write(render(snap, (TEXT,)).text)
             return 0
         if args.command == "explain":
             forced = replace(config, accounting=replace(config.accounting, enabled=True))
-            snap = _collector(args, _unbounded(forced)).collect()
+            with _collector(args, _unbounded(forced)) as collector:
+                snap = collector.collect()
             try:
                 sys.stdout.write((explain.render_json if args.json else explain.render)(snap))
             except ValueError as exc:
                 raise UsageError(f"explain: {exc}") from None
             return 0
         if args.command == "top":
-            return top.run(
-                _collector(args, _unbounded(config)), config.collection.interval, args.once
-            )
+            with _collector(args, _unbounded(config)) as collector:
+                return top.run(collector, config.collection.interval, args.once)
         return _serve(args, config)
     except (UsageError, ConfigError, WebConfigError) as exc:
         print(f"pss-exporter: error: {exc}", file=sys.stderr)

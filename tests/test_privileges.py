@@ -37,6 +37,8 @@ from web_certs import WAIT, Exporter, serving, wait_until
 
 from conftest import ROOT, free_port, group_value, http_get, parse_samples, require_binary
 
+pytestmark = pytest.mark.live
+
 NOBODY = 65534
 AS_NOBODY = (f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 NO_CAPS = ("--inh-caps=-all", "--bounding-set=-all")
@@ -239,3 +241,19 @@ def test_with_ptrace_and_dac_read_search_every_process_is_read(
             assert group_value(samples, "pss_group_rss_bytes", group) > 0, group
         assert read_errors(samples, "permission") == 0
         assert WARNING not in exp.log()
+
+
+def test_a_bad_listen_address_is_one_line_without_privileges(unprivileged: Unprivileged) -> None:
+    """Without capabilities, serve warned about them before its usage error:
+    two more lines than "one line, exit 2"."""
+    env = unprivileged
+    argv = as_nobody(
+        env.python, "-s", "-m", "exporter", "serve", "--web.listen-address=127.0.0.1:http",
+        f"--config={env.config}",
+    )  # fmt: skip
+    result = subprocess.run(
+        argv, env=nobody_env(env.site), cwd=env.site, capture_output=True, text=True, timeout=WAIT
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("pss-exporter: error: --web.listen-address: invalid address")
