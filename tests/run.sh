@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run lint and the whole test suite.
-# Works on a fresh Debian 12 machine as root (or with sudo available).
+# Install everything the tests need, then run lint, types and the tests.
+#
+#   bash tests/run.sh [PYTEST ARGS]         the whole suite (what CI runs)
+#   bash tests/run.sh --fast [PYTEST ARGS]  lint, types and the tests marked
+#                                           neither live nor slow (tests/README.md)
+#
+# The whole suite works on a fresh Debian 12 machine as root (or with sudo
+# available); the fast lane needs no root and no Debian package beyond python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+fast=false
+if [ "${1:-}" = "--fast" ]; then
+  fast=true
+  shift
+fi
 
-# Debian packages the tests start for real (php-fpm pools, Prometheus,
+# Debian packages the live tests start for real (php-fpm pools, Prometheus,
 # Alertmanager) or call (systemd-analyze, openssl, setpriv).
-pkgs=()
-command -v php-fpm8.2 >/dev/null || [ -x /usr/sbin/php-fpm8.2 ] || pkgs+=(php8.2-fpm)
-command -v prometheus >/dev/null || pkgs+=(prometheus)
-command -v prometheus-alertmanager >/dev/null || pkgs+=(prometheus-alertmanager)
-command -v systemd-analyze >/dev/null || pkgs+=(systemd)
-command -v openssl >/dev/null || pkgs+=(openssl)
-command -v setpriv >/dev/null || pkgs+=(util-linux)
-python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
-if [ ${#pkgs[@]} -gt 0 ]; then
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+if ! $fast; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  pkgs=()
+  command -v php-fpm8.2 >/dev/null || [ -x /usr/sbin/php-fpm8.2 ] || pkgs+=(php8.2-fpm)
+  command -v prometheus >/dev/null || pkgs+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null || pkgs+=(prometheus-alertmanager)
+  command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+  command -v openssl >/dev/null || pkgs+=(openssl)
+  command -v setpriv >/dev/null || pkgs+=(util-linux)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -27,4 +40,9 @@ fi
 
 .venv/bin/ruff check exporter tests alerts bench
 .venv/bin/ruff format --check exporter tests alerts bench
+.venv/bin/mypy --strict exporter
+
+if $fast; then
+  exec .venv/bin/python -m pytest -p tests.lane_guard -m "not live and not slow" "$@"
+fi
 exec .venv/bin/python -m pytest "$@"
