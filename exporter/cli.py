@@ -184,7 +184,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     try:
         server = make_server(args.listen, loop, web)
     except (ValueError, OSError) as exc:
-        loop.collector.close()
+        loop.stop()  # never started: closes the collector
         if isinstance(exc, ValueError):
             raise UsageError(f"--web.listen-address: {exc}") from None
         raise UsageError(
@@ -216,8 +216,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         config.collection.interval,
     )
     server.serve_forever()
-    loop.stop()
-    loop.collector.close()  # the kernel-log reader and the thread pools
+    loop.stop()  # and closes the collector: the kernel-log reader, the thread pools
     server.server_close()
     return 0
 

@@ -72,7 +72,6 @@ class Collector:
         )
         self._grouper = Grouper(config.max_groups, self._fpm)
         self._scheduler = Scheduler(cc, self.procfs, clock, self._errors, self._tracker.forget)
-        self._runner = SourceRunner()
         self._host = HostSource(self.procfs, self._errors)
         self._accounting = (
             AccountingSource(self.procfs, config.accounting.interval, cc.interval / 2)
@@ -109,7 +108,7 @@ class Collector:
         pids = list_pids(self.procfs)
         procs, groups, view = self._grouper.group(self._tracker.discover(pids, now))
         cycle = Cycle(now, procs, groups, view, self._tracker.processes)
-        run = self._runner
+        run = SourceRunner()  # per cycle: a cycle that fails leaves no result to the next
         pools_source = self._pools
         if pools_source is not None:
             # php-fpm status pages answer (or time out) while smaps is being read.

@@ -145,6 +145,13 @@ def parse_duration(text: str) -> float:
     return ms / 1000
 
 
+def duration_text(seconds: float) -> str:
+    """A whole number of milliseconds as parse_duration reads it back (a
+    message's '0.1s' would be refused): '100ms', '15s'."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def parse_size(text: str) -> int:
     """Parse a size ('512MiB', '2GiB', '1GB', or plain bytes) into bytes, at
     most MAX_SIZE."""
@@ -198,7 +205,7 @@ class _Section:
         except ValueError as exc:
             raise self.error(name, str(exc)) from None
         if not minimum <= value <= MAX_DURATION:  # hundreds of digits make inf
-            raise self.error(name, f"must be a duration from {minimum:g}s to 7d")
+            raise self.error(name, f"must be a duration from {duration_text(minimum)} to 7d")
         return value
 
     def size(self, name: str, default: int) -> int:
@@ -239,7 +246,8 @@ def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
     status_timeout = fpm.duration("status_timeout", min(1.0, interval / 2), minimum=0.001)
     if status_timeout > interval / 2:
         raise fpm.error(
-            "status_timeout", f"must be at most half of collection.interval ({interval:g}s)"
+            "status_timeout",
+            f"must be at most half of collection.interval ({duration_text(interval)})",
         )
     pools_section = fpm.sub("pools")
     pools = {}

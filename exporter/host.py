@@ -142,8 +142,9 @@ class AccountingSource:
     def collect(self, cycle: Cycle) -> Accounting | None:
         if cycle.now - self._at + self._slack >= self.interval:
             self._latest = None  # should this one fail, no earlier one stands in
-            self._latest = self._account(cycle)
-            self._at = cycle.now  # after it: a failed one is tried again next cycle
+            if cycle.meminfo:  # none when the host source failed: tried again next cycle
+                self._latest = self._account(cycle)
+                self._at = cycle.now  # after it: a failed one is tried again next cycle
         return self._latest
 
     def _account(self, cycle: Cycle) -> Accounting | None:

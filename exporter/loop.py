@@ -16,6 +16,7 @@ from .metrics import FORMATS, Exposition, render
 log = logging.getLogger(__name__)
 
 FORMAT_MEMORY = 600.0  # seconds a scraped format keeps being rendered in advance
+STOP_WAIT = 5.0  # seconds stop() waits for a running collection
 
 
 class CollectionLoop:
@@ -34,8 +35,17 @@ class CollectionLoop:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop collecting, then close the collector once its thread has
+        ended: closing the thread pools under a running cycle would fail it
+        with a traceback. One still running after STOP_WAIT is left to exit
+        with the process."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=STOP_WAIT)
+        if self._thread.is_alive():
+            log.warning("collection still running after %gs: not waited for", STOP_WAIT)
+            return
+        self.collector.close()
 
     def asked(self, fmt: str) -> None:
         """A scrape asked for fmt: render it with every snapshot from now on."""

@@ -141,7 +141,11 @@ def parse_ini(text: str, source: str, *, strict: bool = True) -> list[IniEntry]:
     (naming source and line) when strict, and is skipped otherwise."""
     entries: list[IniEntry] = []
     section: str | None = None
-    for lineno, raw in enumerate(text.lstrip("\ufeff").splitlines(), 1):
+    # Lines end as php's INI scanner ends them: \n, \r\n or \r, never at the
+    # other characters str.splitlines() splits on ('\x85', '\u2028', ...), or a
+    # tenant's file would hold lines php-fpm does not see.
+    lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith(";"):
             continue

@@ -123,10 +123,13 @@ def parse_smaps(data: bytes) -> Memory:
 
     smaps_rollup is one block, smaps one block per mapping; summing by key
     handles both. Mapping header lines and keys we do not use are skipped.
-    An empty file (zombie, kernel thread, exiting process) gives zeros.
-    Values are sizes: a negative one is malformed, as is a total that does
-    not fit MAX_VALUE bytes.
+    An empty file (zombie, kernel thread, exiting process) gives zeros, the
+    split included: a process that holds nothing must not hide its group's
+    split (snapshot.optional_sum). Values are sizes: a negative one is
+    malformed, as is a total that does not fit MAX_VALUE bytes.
     """
+    if not data.strip():
+        return ZERO_MEMORY
     acc = [0] * 9
     seen = [False] * 9
     for line in data.split(b"\n"):
@@ -146,7 +149,7 @@ def parse_smaps(data: bytes) -> Memory:
             raise ParseError(f"smaps: malformed line {line[:60]!r}")
         acc[idx] += int(fields[0])
         seen[idx] = True
-    if data.strip() and not seen[1]:
+    if not seen[1]:
         raise ParseError("smaps: no Pss line")
     if max(*acc, acc[2] + acc[3]) > MAX_VALUE // KB:
         raise ParseError("smaps: a size beyond 2**63-1 bytes")
@@ -185,10 +188,14 @@ class CgroupLine(NamedTuple):
 
 
 def parse_proc_cgroup_lines(data: bytes) -> tuple[CgroupLine, ...]:
-    """The lines of /proc/PID/cgroup; one without two ':' is skipped. Never raises."""
+    """The lines of /proc/PID/cgroup; one without two ':' is skipped. Never raises.
+
+    Split on newlines only, as the kernel writes them: str.splitlines() also
+    splits on '\x1e', '\x85', '\u2028', ..., which a delegated cgroup's name
+    may hold to forge a line for another cgroup."""
     out = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        parts = line.split(":", 2)
+    for raw in data.split(b"\n"):
+        parts = raw.decode("utf-8", "replace").split(":", 2)
         if len(parts) == 3:
             out.append(CgroupLine(*parts))
     return tuple(out)

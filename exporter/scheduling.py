@@ -41,17 +41,27 @@ class MemoryRead(NamedTuple):
     full_smaps: bool  # no smaps_rollup (kernel < 4.14): smaps was summed
 
 
-def read_memory(procfs: str, pid: int) -> MemoryRead:
+def read_memory(procfs: str, pid: int, rollup: bool = True) -> MemoryRead:
     """A process's memory from smaps_rollup, or from full smaps when there is
     none (kernel < 4.14). Decided per read, so a process that vanishes
-    between the two reads (ENOENT on both) changes nothing for the others.
-    Raises OSError or ParseError."""
+    between the two reads (ENOENT on both) changes nothing for the others;
+    rollup False (the last read found none) tries full smaps first, so an
+    old kernel costs no failed open per read. Raises OSError or ParseError."""
     base = f"{procfs}/{pid}"
+    if not rollup:
+        try:
+            return _full_smaps(base)
+        except FileNotFoundError:
+            pass  # vanished, or this process has smaps_rollup after all
     try:
         return MemoryRead(parse_smaps(read_bytes(f"{base}/smaps_rollup")), False)
     except FileNotFoundError:
-        if not os.path.exists(f"{base}/smaps"):
+        if not rollup or not os.path.exists(f"{base}/smaps"):
             raise  # the process is gone
+    return _full_smaps(base)
+
+
+def _full_smaps(base: str) -> MemoryRead:
     # Full smaps comes a page or so per read(): read it to its end.
     return MemoryRead(parse_smaps(read_bytes(f"{base}/smaps", SMAPS_LIMIT, to_eof=True)), True)
 
@@ -83,6 +93,10 @@ class Scheduler:
         self._members: dict[str, frozenset[int]] = {}
         self.budget_exhausted = 0  # cumulative cycles that hit the budget
         self._logged_smaps = False
+        # Whether the last read found smaps_rollup, so that a kernel without
+        # it costs no failed open per read. Written by the collection thread
+        # once a cycle's reads are done; the reader threads only read it.
+        self._rollup = True
         self._pool = ThreadPoolExecutor(config.threads, "smaps") if config.threads > 1 else None
 
     def close(self) -> None:
@@ -142,6 +156,7 @@ class Scheduler:
         if result.read.full_smaps and not self._logged_smaps:
             self._logged_smaps = True
             log.info("no smaps_rollup (kernel < 4.14): summing smaps instead")
+        self._rollup = not result.read.full_smaps
         p.memory, p.read_at, p.read_seconds = result.read.memory, now, result.seconds
         p.dirty = p.unreadable = False
 
@@ -152,7 +167,7 @@ class Scheduler:
             return None
         read, reason = None, None
         try:
-            read = read_memory(self.procfs, pid)
+            read = read_memory(self.procfs, pid, self._rollup)
         except OSError as exc:
             reason = error_reason(exc)
         except ParseError:

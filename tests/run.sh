@@ -6,7 +6,9 @@
 #                                           neither live nor slow (tests/README.md)
 #
 # The whole suite works on a fresh Debian 12 machine as root (or with sudo
-# available); the fast lane needs no root and no Debian package beyond python3.
+# available); the fast lane needs no Debian package beyond python3 and, to
+# make .venv, python3-venv (installed like the others when missing: Debian's
+# python3 has no ensurepip), so no root once those are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,21 +20,21 @@ fi
 
 # Debian packages the live tests start for real (php-fpm pools, Prometheus,
 # Alertmanager) or call (systemd-analyze, openssl, setpriv).
+pkgs=()
 if ! $fast; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  pkgs=()
   command -v php-fpm8.2 >/dev/null || [ -x /usr/sbin/php-fpm8.2 ] || pkgs+=(php8.2-fpm)
   command -v prometheus >/dev/null || pkgs+=(prometheus)
   command -v prometheus-alertmanager >/dev/null || pkgs+=(prometheus-alertmanager)
   command -v systemd-analyze >/dev/null || pkgs+=(systemd)
   command -v openssl >/dev/null || pkgs+=(openssl)
   command -v setpriv >/dev/null || pkgs+=(util-linux)
-  python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
-  if [ ${#pkgs[@]} -gt 0 ]; then
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
-  fi
+fi
+[ -x .venv/bin/python ] || python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

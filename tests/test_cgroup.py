@@ -63,6 +63,16 @@ def test_one_proc_cgroup_parser_for_memory_and_templates(tmp_path: Path) -> None
     assert proc.cgroups == tuple(line.path for line in lines)
 
 
+@pytest.mark.parametrize("separator", ["\x1e", "\x1c", "\x85", "\u2028", "\r", "\v"])
+def test_a_cgroup_name_cannot_forge_a_line(separator: str) -> None:
+    """A delegated cgroup named 'x<SEP>0::/system.slice/mysql.service' made
+    str.splitlines() read a second line: another service's cgroup."""
+    data = f"0::/user.slice/x{separator}0::/system.slice/mysql.service\n".encode()
+    [line] = parse_proc_cgroup_lines(data)
+    assert line.path == f"/user.slice/x{separator}0::/system.slice/mysql.service"
+    assert parse_proc_cgroup(data).v2 == line.path
+
+
 def test_parse_proc_cgroup_layouts() -> None:
     assert parse_proc_cgroup(b"0::/system.slice/php8.2-fpm.service\n") == CgroupPaths(
         None, "/system.slice/php8.2-fpm.service"

@@ -126,7 +126,7 @@ BAD_CONFIGS = {
     "interval-below-minimum": (
         "collection:\n  interval: 1ms\n",
         "collection.interval",
-        "must be a duration from 0.1s to 7d",
+        "must be a duration from 100ms to 7d",
     ),
     # It used to be cut to half the interval without a word.
     "status-timeout-past-half-interval": (

@@ -209,7 +209,26 @@ def test_limit_is_the_last_value_accepted(tmp_path: Path, key: str) -> None:
 
 def test_interval_below_100ms_is_rejected(tmp_path: Path) -> None:
     message = rejected(tmp_path, "collection:\n  interval: 1ms\n")
-    assert message.endswith(": collection.interval: must be a duration from 0.1s to 7d")
+    assert message.endswith(": collection.interval: must be a duration from 100ms to 7d")
+
+
+@pytest.mark.parametrize(
+    ("key", "below", "minimum"),
+    [
+        ("collection.interval", "99ms", "100ms"),
+        ("collection.budget", "0s", "1ms"),
+        ("accounting.interval", "0s", "1ms"),
+    ],
+)
+def test_a_duration_range_names_a_minimum_the_grammar_reads(
+    tmp_path: Path, key: str, below: str, minimum: str
+) -> None:
+    """The message named the minimum '0.1s' or '0.001s', which the grammar
+    (whole numbers only) refuses: writing what it said was an error too."""
+    section, name = key.split(".")
+    message = rejected(tmp_path, f"{section}: {{{name}: {below}}}\n")
+    assert message.endswith(f": {key}: must be a duration from {minimum} to 7d")
+    loaded(tmp_path, f"{section}: {{{name}: {minimum}}}\n")  # what it names is accepted
 
 
 def test_status_timeout_past_half_the_interval_is_rejected(tmp_path: Path) -> None:
@@ -217,6 +236,14 @@ def test_status_timeout_past_half_the_interval_is_rejected(tmp_path: Path) -> No
     message = rejected(tmp_path, "php_fpm:\n  status_timeout: 10s\n")
     assert message.endswith(
         ": php_fpm.status_timeout: must be at most half of collection.interval (15s)"
+    )
+
+
+def test_the_interval_a_message_names_is_a_duration(tmp_path: Path) -> None:
+    # It said '(1.5s)', a value the grammar refuses.
+    config = "collection: {interval: 1500ms}\nphp_fpm: {status_timeout: 1s}\n"
+    assert rejected(tmp_path, config).endswith(
+        ": php_fpm.status_timeout: must be at most half of collection.interval (1500ms)"
     )
 
 

@@ -165,6 +165,19 @@ def test_parse_ini_entries_sections_and_lines() -> None:
     ]
 
 
+@pytest.mark.parametrize("separator", ["\x1e", "\x85", "\u2028", "\x0c"])
+def test_parse_ini_lines_end_where_php_ends_them(separator: str) -> None:
+    """php's INI scanner ends lines at \\n, \\r\\n and \\r only; str.splitlines()
+    also split at these, so a tenant's value could hide a line php-fpm never
+    reads (here a pm.max_children the exporter alone would see)."""
+    text = f"[www]\r\nlisten = /run/a.sock{separator}pm.max_children = 999\rpm = static\n"
+    assert [tuple(e) for e in parse_ini(text, "a.conf")] == [
+        ("www", None, "", 1),
+        ("www", "listen", f"/run/a.sock{separator}pm.max_children = 999", 2),
+        ("www", "pm", "static", 3),
+    ]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [

@@ -9,6 +9,7 @@ import pytest
 
 from exporter.procfs import (
     MAX_VALUE,
+    ZERO_MEMORY,
     Memory,
     ParseError,
     Stat,
@@ -92,7 +93,9 @@ def test_smaps_fallback_sums_every_mapping() -> None:
 
 def test_empty_rollup_is_zero() -> None:
     # Zombies, kernel threads and exiting processes have an empty smaps_rollup.
-    assert parse_smaps(fixture("smaps_rollup-empty")) == Memory(0, 0, 0, 0, 0, None, None, None)
+    # They hold nothing of every kind: a None split would hide their group's.
+    assert parse_smaps(fixture("smaps_rollup-empty")) == Memory(0, 0, 0, 0, 0, 0, 0, 0)
+    assert parse_smaps(fixture("smaps_rollup-empty")) == ZERO_MEMORY
 
 
 def test_truncated_rollup_line_is_a_parse_error() -> None:

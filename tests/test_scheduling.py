@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_bounded_collection import FakeClock, Tree, collector, pss
 
+from exporter import scheduling
 from exporter.collector import Collector
 from exporter.config import build_config
 from exporter.kmsg import KmsgWatcher
@@ -45,6 +46,14 @@ def test_read_memory_falls_back_to_smaps_for_that_read_only(tree: Tree) -> None:
         read_memory(str(tree.root), 12)
 
 
+def test_read_memory_told_no_rollup_still_reads_a_rollup_only_process(tree: Tree) -> None:
+    tree.write(11, "new", 50)
+    assert read_memory(str(tree.root), 11, rollup=False) == (read_memory(str(tree.root), 11))
+    (tree.root / "12").mkdir()  # vanished
+    with pytest.raises(FileNotFoundError):
+        read_memory(str(tree.root), 12, rollup=False)
+
+
 def test_one_missing_rollup_does_not_switch_later_reads_to_smaps(tree: Tree) -> None:
     """Once a read found no smaps_rollup, the original read full smaps for
     every later process for good: one with only smaps_rollup vanished."""
@@ -56,6 +65,31 @@ def test_one_missing_rollup_does_not_switch_later_reads_to_smaps(tree: Tree) -> 
     assert pss(snap, "new") == 50 * 1024
     assert pss(snap, "old") == 300 * 1024
     assert snap.read_errors["vanished"] == 0
+
+
+def test_an_old_kernel_costs_no_failed_rollup_open_per_read(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once reads find no smaps_rollup, later ones go to full smaps first;
+    the original tried (and failed) smaps_rollup and stat'ed smaps on each."""
+    for pid in (10, 11, 12):
+        old_kernel_process(tree, pid)
+    col = collector(tree, FakeClock())
+    assert pss(col.collect(), "old") == 3 * 300 * 1024
+    opened: list[str] = []
+    real = scheduling.read_bytes
+
+    def spy(path: str, *args: object, **kwargs: object) -> bytes:
+        opened.append(path.rsplit("/", 1)[1])
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduling, "read_bytes", spy)
+    for pid in (10, 11, 12):
+        tree.set_statm(pid, "3000 200 100 1 0 150 0")  # changed: each is read again
+    snap = col.collect()
+    assert snap.smaps_outcomes["read"] == 3
+    assert pss(snap, "old") == 3 * 300 * 1024
+    assert opened == ["smaps"] * 3
 
 
 def test_close_stops_the_smaps_readers_and_the_kernel_log(tree: Tree, tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from exporter.capacity import worker_size
-from exporter.procfs import ZERO_MEMORY, Memory
+from exporter.procfs import ZERO_MEMORY, Memory, parse_smaps
 from exporter.snapshot import Sample, Snapshot, aggregate, distribution, optional_sum
 from exporter.top import rows
 
-from conftest import ROOT
+from conftest import FIXTURES, ROOT
 
 MiB = 1 << 20
 
@@ -80,6 +80,20 @@ def test_a_group_split_is_absent_when_one_process_lacks_it() -> None:
     # Unreadable processes (no memory at all) add nothing and hide nothing.
     (unread,) = aggregate([Sample("g", None, True, unreadable=True)])
     assert unread.pss_anon is None
+
+
+def test_an_exiting_process_keeps_its_group_split() -> None:
+    """A worker that exits between the stat and the smaps_rollup read (or a
+    zombie caught as such only then) has an empty rollup. Its None split hid
+    the pool's pss_{anon,file,shmem} series for the cycle, at every recycle."""
+    exiting = parse_smaps((FIXTURES / "bytes" / "smaps_rollup-empty").read_bytes())
+    (pool,) = aggregate(
+        [
+            Sample("g", memory(8 * MiB, (5 * MiB, 2 * MiB, 1 * MiB)), True),
+            Sample("g", exiting, True),
+        ]
+    )
+    assert (pool.pss_anon, pool.pss_file, pool.pss_shmem) == (5 * MiB, 2 * MiB, 1 * MiB)
 
 
 @pytest.mark.parametrize(

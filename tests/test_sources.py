@@ -9,15 +9,19 @@ from pathlib import Path
 import pytest
 from test_bounded_collection import FakeClock, Tree
 
+from exporter.accounting import used
+from exporter.classify import NO_FPM
 from exporter.collector import Collector
 from exporter.config import build_config
-from exporter.host import HostSource
+from exporter.host import AccountingSource, HostSource
 from exporter.kmsg import KmsgWatcher
 from exporter.metrics import render
+from exporter.procfs import parse_meminfo
+from exporter.scheduling import Scheduler
 from exporter.snapshot import Snapshot, SourceResult
-from exporter.sources import Cycle, SourceRunner
+from exporter.sources import Cycle, FpmPoolsSource, SourceRunner
 
-from conftest import group_value, parse_samples
+from conftest import FIXTURES, group_value, parse_samples
 
 
 class Constant:
@@ -103,3 +107,43 @@ def test_a_failing_kernel_log_keeps_the_other_sources(
     assert by_name(snap)["kmsg"] is False
     assert by_name(snap)["host"] is True and snap.memory_total == 8000000 * 1024
     assert {g.name: g.pss for g in snap.groups} == {"app": 400 * 1024, "db": 500 * 1024}
+
+
+def test_a_failed_cycle_leaves_no_source_result_to_the_next(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle that dies after a source ran (here the php-fpm start failed,
+    then the smaps reads raised) must not join that source's result into
+    the next cycle's: the original reported php-fpm failed ever after."""
+    failing = [True]
+
+    def start(self: FpmPoolsSource, cycle: Cycle) -> None:
+        if failing[0]:
+            raise RuntimeError("php-fpm start bug")
+
+    def read(self: Scheduler, due: list[object], now: float) -> set[int]:
+        if failing[0]:
+            raise RuntimeError("scheduler bug")
+        return real_read(self, due, now)  # type: ignore[arg-type]
+
+    real_read = Scheduler.read
+    monkeypatch.setattr(FpmPoolsSource, "start", start)
+    monkeypatch.setattr(Scheduler, "read", read)
+    with collector(tree) as col:
+        with pytest.raises(RuntimeError, match="scheduler bug"):
+            col.collect()
+        failing[0] = False
+        snap = col.collect()
+    assert by_name(snap) == {"php-fpm": True, "host": True, "accounting": True, "cgroups": True}
+
+
+def test_accounting_skipped_without_meminfo_is_tried_again_next_cycle() -> None:
+    """A cycle whose host source failed has no meminfo to reconcile with:
+    the original gave up on the accounting for a whole interval (and read
+    every process's smaps for nothing)."""
+    procfs = FIXTURES / "host" / "v2" / "procfs"
+    meminfo = parse_meminfo((procfs / "meminfo").read_bytes())
+    source = AccountingSource(str(procfs), interval=300.0, slack=5.0)
+    assert source.collect(Cycle(0.0, [], [], NO_FPM, {})) is None  # the host failed
+    accounting = source.collect(Cycle(10.0, [], [], NO_FPM, {}, meminfo))
+    assert accounting is not None and accounting.used == used(meminfo)
