@@ -19,12 +19,14 @@ import stat
 _CHUNK = 1 << 16
 
 
-def read_regular(path: str, limit: int, *, nofollow: bool = False) -> bytes:
-    """The bytes of the regular file at path, at most limit of them.
+def open_regular(path: str, *, nofollow: bool = False) -> int:
+    """A descriptor open for reading (O_NONBLOCK) on the regular file at path.
 
-    Raises OSError: EINVAL for anything but a regular file, EFBIG past limit,
-    ELOOP for a final symlink when nofollow is set; ValueError for a path with
-    a NUL byte.
+    The type is checked on an O_PATH descriptor, which opens nothing, and the
+    same inode is then opened through /proc/self/fd: a device is never opened
+    and a FIFO's writer never woken. Raises OSError: EINVAL for anything but a
+    regular file, ELOOP for a final symlink when nofollow is set; ValueError
+    for a path with a NUL byte.
     """
     where = os.open(path, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0))
     try:
@@ -33,9 +35,15 @@ def read_regular(path: str, limit: int, *, nofollow: bool = False) -> bytes:
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        fd = os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     finally:
         os.close(where)
+
+
+def read_regular(path: str, limit: int, *, nofollow: bool = False) -> bytes:
+    """The bytes of the regular file at path (open_regular), at most limit
+    of them; OSError EFBIG past limit."""
+    fd = open_regular(path, nofollow=nofollow)
     try:
         chunks: list[bytes] = []
         left = limit + 1

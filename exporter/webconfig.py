@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import ssl
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +29,7 @@ import bcrypt
 
 from .config import ConfigError, load_yaml
 from .config import _key_text as key_text
+from .fileio import open_regular
 from .text import excerpt
 
 log = logging.getLogger(__name__)
@@ -113,20 +113,18 @@ def _names(tls: dict[str, Any], key: str, source: str) -> list[str]:
 
 
 def _open_regular(file: str, source: str, key: str) -> int:
-    """A descriptor of file, which must be a regular file of at most
-    MAX_TLS_FILE bytes: ssl's own open would wait forever on a FIFO and read a
-    device without end. The open never blocks (O_NONBLOCK) and the type is
-    checked on the descriptor, so nothing swapped in after the check counts."""
+    """A descriptor of file (fileio.open_regular), which must be a regular
+    file of at most MAX_TLS_FILE bytes: ssl's own open would wait forever on
+    a FIFO and read a device without end. ssl is handed this descriptor, so
+    nothing swapped in after the check counts."""
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = open_regular(file)
     except OSError as exc:
         raise WebConfigError(source, key, f"{file}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_TLS_FILE:
+    if os.fstat(fd).st_size <= MAX_TLS_FILE:
         return fd
     os.close(fd)
-    reason = "not a regular file" if not stat.S_ISREG(st.st_mode) else "larger than 1 MiB"
-    raise WebConfigError(source, key, f"{file}: {reason}")
+    raise WebConfigError(source, key, f"{file}: larger than 1 MiB")
 
 
 def _tls(tls: dict[str, Any], source: str, base: str) -> tuple[ssl.SSLContext, list[str]]:

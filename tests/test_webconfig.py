@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -79,6 +80,28 @@ def test_nul_byte_in_a_tls_file_path_is_refused(tmp_path: Path, key: str) -> Non
     lines = "".join(f'  {name}: "{value}"\n' for name, value in files.items())
     path = write(tmp_path, "tls_server_config:\n" + lines)
     assert load_error(path) == f"{path}: tls_server_config.{key}: has a NUL byte"
+
+
+def test_a_fifo_cert_file_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """The TLS files were opened (O_NONBLOCK) before their type was checked:
+    a FIFO's waiting writer woke, and opening a device can act. They now go
+    through fileio.open_regular, like the config files."""
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        os.close(os.open(fifo, os.O_WRONLY))  # blocks until a reader opens it
+        opened.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    path = write(tmp_path, "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n")
+    assert load_error(path) == f"{path}: tls_server_config.cert_file: {fifo}: not a regular file"
+    assert not opened.wait(0.5), "the FIFO was opened: its writer woke"
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release the writer
+    assert opened.wait(5)
+    thread.join(5)
 
 
 def test_yaml_nested_600_deep_is_one_line(tmp_path: Path) -> None:
