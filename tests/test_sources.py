@@ -13,7 +13,7 @@ from exporter.accounting import used
 from exporter.classify import NO_FPM
 from exporter.collector import Collector
 from exporter.config import build_config
-from exporter.host import AccountingSource, HostSource
+from exporter.host import AccountingSource, ProcFile
 from exporter.kmsg import KmsgWatcher
 from exporter.metrics import render
 from exporter.procfs import parse_meminfo
@@ -55,6 +55,18 @@ def by_name(snap: Snapshot) -> dict[str, bool]:
     return {r.name: r.ok for r in snap.sources}
 
 
+# The Tree has a meminfo and no other host file.
+SOURCES = {
+    "phpfpm_config": True,
+    "phpfpm_status": True,
+    "meminfo": True,
+    "vmstat": False,
+    "zoneinfo": False,
+    "accounting": True,
+    "cgroups": True,
+}
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Tree:
     tree = Tree(tmp_path / "proc")
@@ -75,19 +87,27 @@ def test_a_raising_source_loses_only_its_own_metrics(
     with collector(tree) as col:
         good = col.collect()
     assert good.memory_total == 8000000 * 1024
-    assert by_name(good) == {"php-fpm": True, "host": True, "accounting": True, "cgroups": True}
+    assert by_name(good) == SOURCES
 
-    def broken(self: HostSource, cycle: Cycle) -> None:
-        raise RuntimeError("host source bug")
+    real = ProcFile.collect
 
-    monkeypatch.setattr(HostSource, "collect", broken)
+    def broken(self: ProcFile[object], cycle: Cycle) -> object:
+        if self.name == "meminfo":
+            raise RuntimeError("meminfo source bug")
+        return real(self, cycle)
+
+    monkeypatch.setattr(ProcFile, "collect", broken)
     with collector(tree) as col:
         snap = col.collect()
     assert snap.groups == good.groups  # every group intact
     assert snap.memory_total is None and snap.memory_available is None  # the host's part
-    assert by_name(snap) == {"php-fpm": True, "host": False, "accounting": True, "cgroups": True}
+    # No meminfo: no accounting pass, and so no zoneinfo read.
+    assert by_name(snap) == {
+        **{k: v for k, v in SOURCES.items() if k != "zoneinfo"},
+        "meminfo": False,
+    }
     assert all(isinstance(r, SourceResult) and r.duration >= 0 for r in snap.sources)
-    assert "source host failed: RuntimeError: 'host source bug'" in caplog.text
+    assert "source meminfo failed: RuntimeError: 'meminfo source bug'" in caplog.text
     assert "Traceback" not in caplog.text
     samples = parse_samples(render(snap).text.decode())
     assert group_value(samples, "pss_group_pss_bytes", "db") == 500 * 1024
@@ -105,7 +125,7 @@ def test_a_failing_kernel_log_keeps_the_other_sources(
     with collector(tree, watcher) as col:
         snap = col.collect()
     assert by_name(snap)["kmsg"] is False
-    assert by_name(snap)["host"] is True and snap.memory_total == 8000000 * 1024
+    assert by_name(snap)["meminfo"] is True and snap.memory_total == 8000000 * 1024
     assert {g.name: g.pss for g in snap.groups} == {"app": 400 * 1024, "db": 500 * 1024}
 
 
@@ -117,7 +137,7 @@ def test_a_failed_cycle_leaves_no_source_result_to_the_next(
     the next cycle's: the original reported php-fpm failed ever after."""
     failing = [True]
 
-    def start(self: FpmPoolsSource, cycle: Cycle) -> None:
+    def start(self: FpmPoolsSource, cycle: Cycle, loads: object) -> None:
         if failing[0]:
             raise RuntimeError("php-fpm start bug")
 
@@ -134,7 +154,7 @@ def test_a_failed_cycle_leaves_no_source_result_to_the_next(
             col.collect()
         failing[0] = False
         snap = col.collect()
-    assert by_name(snap) == {"php-fpm": True, "host": True, "accounting": True, "cgroups": True}
+    assert by_name(snap) == SOURCES
 
 
 def test_accounting_skipped_without_meminfo_is_tried_again_next_cycle() -> None:
