@@ -333,11 +333,23 @@ ACCOUNTING = "pss_host_memory_accounted_bytes"
 def crafted_v2(tmp_path: Path, config: Path, edit: str, data: bytes | None) -> dict:
     """`once` on a copy of the v2 tree with the file at edit (below the tree)
     replaced by data, or by a FIFO nobody writes to when data is None."""
+    return crafted_v2_run(tmp_path, config, edit, data)[0]
+
+
+REMOVE = b"(remove the file)"
+
+
+def crafted_v2_run(
+    tmp_path: Path, config: Path, edit: str, data: bytes | None
+) -> tuple[dict, list[str]]:
+    """crafted_v2, and the lines `once` logged; data REMOVE removes the file."""
     tree = tmp_path / "v2"
     shutil.copytree(HOST / "v2", tree)
     if data is None:
         (tree / edit).unlink()
         os.mkfifo(tree / edit)
+    elif data == REMOVE:
+        (tree / edit).unlink()
     else:
         (tree / edit).write_bytes(data)
     result = run_cli(
@@ -351,7 +363,7 @@ def crafted_v2(tmp_path: Path, config: Path, edit: str, data: bytes | None) -> d
     assert "Traceback" not in result.stderr, result.stderr
     samples = parse_samples(result.stdout)
     assert value(samples, "pss_group_pss_bytes", group="batch") == 250000 * KiB
-    return samples
+    return samples, result.stderr.splitlines()
 
 
 def edited(name: str, old: bytes, new: bytes) -> bytes:
@@ -416,6 +428,66 @@ def without_line(name: str, field: bytes) -> bytes:
     kept = b"".join(line for line in lines if not line.startswith(field))
     assert len(kept) < sum(map(len, lines)), field
     return kept
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("meminfo", b"MemTotal: 8131468 kB\nMemFree:\n"),
+        ("meminfo", b"MemTotal: 8131468 kB\n" * 4000),  # over 64 KiB
+        ("vmstat", edited("procfs/vmstat", b"oom_kill 7\n", b"oom_kill x\n")),
+        ("vmstat", REMOVE),
+        ("zoneinfo", edited("procfs/zoneinfo", b"        low      40\n", b"        low      x\n")),
+        ("zoneinfo", REMOVE),
+        ("pressure/memory", b"some avg10=0.00 total=x\n"),
+        ("pressure/memory", REMOVE),
+    ],
+    ids=lambda v: v.decode()[:12] if isinstance(v, bytes) else v,
+)
+def test_a_bad_host_file_is_its_source_down(
+    tmp_path: Path, config: Path, name: str, data: bytes
+) -> None:
+    """Missing or malformed, a host file sets its own source to 0, in one
+    log line that names it, and no other: the others stay up. Before, a
+    malformed meminfo was also logged as missing ("no .../meminfo") and a
+    zoneinfo as a failed reconciliation, and no series told which file was bad."""
+    s, logged = crafted_v2_run(tmp_path, config, f"procfs/{name}", data)
+    source = name.partition("/")[0]
+    up = ALL_UP | {source: 0}
+    if source == "meminfo":  # no meminfo, no pass: zoneinfo is not read
+        del up["zoneinfo"]
+    assert sources_up(s) == up
+    assert len(logged) == 1, logged
+    assert f" source {source} failed: " in logged[0]
+    if data == REMOVE:
+        assert f"{tmp_path}/v2/procfs/{name}" in logged[0]
+
+
+def test_absent_by_design_is_up_with_its_series_left_out(tmp_path: Path, config: Path) -> None:
+    """A kernel before 4.13 has no oom_kill in vmstat: vmstat is up, the
+    counter absent. One without PSI has no /proc/pressure: no pressure source
+    at all. So up 0 means broken, never old."""
+    tree = tmp_path / "v2"
+    shutil.copytree(HOST / "v2", tree)
+    (tree / "procfs/vmstat").write_bytes(without_line("procfs/vmstat", b"oom_kill "))
+    shutil.rmtree(tree / "procfs/pressure")
+    result = run_cli(
+        "once",
+        *("--path.procfs", str(tree / "procfs")),
+        *("--path.sysfs", str(tree / "sysfs")),
+        *("--config", str(config)),
+    )
+    assert result.returncode == 0, result.stderr
+    # Said once, at start, as what it is; nothing is logged as failed.
+    assert [line.partition(" INFO ")[2] for line in result.stderr.splitlines()] == [
+        f"exporter.host: no {tree}/procfs/pressure (kernel < 4.20, or PSI off): "
+        "no host pressure series"
+    ]
+    s = parse_samples(result.stdout)
+    assert sources_up(s) == {k: v for k, v in ALL_UP.items() if k != "pressure"}
+    assert not has(s, "pss_host_oom_kills_total")
+    assert not has(s, "pss_host_memory_pressure_seconds_total")
+    assert components(s) == COMPONENTS
 
 
 @pytest.mark.parametrize("field", [b"Buffers", b"MemFree", b"Cached"])
