@@ -337,6 +337,7 @@ class Loads(NamedTuple):
 
 
 NO_LOADS = Loads({}, {}, 0)
+
 Answer = tuple[bool, PoolStatus | None]  # (queried, status): see _status
 Pending = list[tuple[PoolRef, PoolSettings | None, Future[Answer]]]
 

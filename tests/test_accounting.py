@@ -419,6 +419,8 @@ def test_garbled_zoneinfo_loses_only_what_it_gives(
     assert sum(components(s).values()) == value(s, "pss_host_memory_used_bytes") == USED
     assert value(s, "pss_host_memory_used_procps3_bytes") == USED_PROCPS3
     assert sources_up(s) == ALL_UP | {"zoneinfo": 0}
+    # Counted as any garbled file is (before, a zoneinfo's never was).
+    assert value(s, "pss_exporter_read_errors_total", reason="parse") == 1
     assert value(s, "pss_host_oom_kills_total") == 7
     assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
 
