@@ -22,9 +22,9 @@ from .cgroup import CgroupState
 from .classify import Classifier, Grouper
 from .config import Config
 from .discovery import list_pids
-from .host import NO_HOST, AccountingSource, HostSource
+from .host import AccountingSource, host_sources
 from .kmsg import KmsgWatcher
-from .phpfpm import PhpFpmSource
+from .phpfpm import NO_LOADS, Loads, PhpFpmSource
 from .privileges import own_process
 from .procfs import ZERO_MEMORY
 from .scheduling import Scheduler, large_reads
@@ -35,6 +35,7 @@ from .snapshot import (
     PoolInfo,
     Sample,
     Snapshot,
+    SourceResult,
     aggregate,
     pool_stats,
 )
@@ -72,7 +73,7 @@ class Collector:
         )
         self._grouper = Grouper(config.max_groups, self._fpm)
         self._scheduler = Scheduler(cc, self.procfs, clock, self._errors, self._tracker.forget)
-        self._host = HostSource(self.procfs, self._errors)
+        self._host = host_sources(self.procfs, self._errors)
         self._accounting = (
             AccountingSource(self.procfs, config.accounting.interval, cc.interval / 2)
             if config.accounting.enabled
@@ -82,6 +83,7 @@ class Collector:
         self._pools = FpmPoolsSource(self._fpm) if self._fpm else None
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
+        self._results: dict[str, SourceResult] = {}  # the last completed cycle's, by source
 
     def close(self) -> None:
         """Stop the kernel-log reader and the thread pools; collect() no more."""
@@ -108,11 +110,15 @@ class Collector:
         pids = list_pids(self.procfs)
         procs, groups, view = self._grouper.group(self._tracker.discover(pids, now))
         cycle = Cycle(now, procs, groups, view, self._tracker.processes)
-        run = SourceRunner()  # per cycle: a cycle that fails leaves no result to the next
+        # Per cycle: a cycle that fails leaves no result to the next.
+        run = SourceRunner(self._results)
         pools_source = self._pools
         if pools_source is not None:
+            loads = run.call(
+                pools_source.config_name, lambda: pools_source.load(cycle), NO_LOADS, Loads.error
+            )
             # php-fpm status pages answer (or time out) while smaps is being read.
-            run.call(pools_source.name, lambda: pools_source.start(cycle), None)
+            run.call(pools_source.name, lambda: pools_source.start(cycle, loads), None)
         due = self._scheduler.due(procs, groups, now)
         deferred = self._scheduler.read(due, now)
         samples = []
@@ -120,10 +126,17 @@ class Collector:
             s = sample(p, group, p.pid in deferred)
             if s is not None:
                 samples.append(s)
-        host = run.run(self._host, cycle, NO_HOST)
-        cycle = replace(cycle, meminfo=host.meminfo)
+        host = self._host
+        meminfo = run.run(host.meminfo, cycle, None) or {}
+        oom_kills = run.run(host.vmstat, cycle, None)
+        pressure = run.run(host.pressure, cycle, None) if host.pressure else None
+        cycle = replace(cycle, meminfo=meminfo)
         accounting: Accounting | None = None
         if self._accounting is not None:
+            if self._accounting.due(cycle):
+                cycle = replace(cycle, zoneinfo=run.run(host.zoneinfo, cycle, None))
+            else:  # read by the last pass, whose reconciliation is reported
+                run.keep(host.zoneinfo.name)
             accounting = run.run(self._accounting, cycle, None)
         group_stats = aggregate(samples)
         cgroups: dict[str, CgroupState] = {}
@@ -133,14 +146,17 @@ class Collector:
         if pools_source is not None:
             pools = run.run(pools_source, cycle, ())
         kills = {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
-        if self._kernel_log is not None:
+        kmsg = self._kmsg
+        if self._kernel_log is not None and kmsg is not None:
             # Where a group has cgroups of its own, their counter wins.
-            for group, count in run.run(self._kernel_log, cycle, {}).items():
+            for group, count in run.run(self._kernel_log, cycle, {}, kmsg_down(kmsg)).items():
                 kills.setdefault(group, count)
-        available = host.meminfo.get("MemAvailable")
+        available = meminfo.get("MemAvailable")
+        sources = run.results()
+        self._results = {r.name: r for r in sources}
         return Snapshot(
             groups=group_stats,
-            memory_total=host.meminfo.get("MemTotal"),
+            memory_total=meminfo.get("MemTotal"),
             memory_available=available,
             started=started,
             duration=self._clock() - now,
@@ -156,16 +172,20 @@ class Collector:
             large_reads=large_reads(procs, groups, self.config.collection.large_rss),
             pools=pool_stats(pools, group_stats, available, cgroups, self.config.php_fpm),
             cgroups=cgroups,
-            host_oom_kills=host.oom_kills,
-            host_pressure=host.pressure,
+            host_oom_kills=oom_kills,
+            host_pressure=pressure,
             accounting=accounting,
             group_oom_kills=kills,
-            kmsg_up=self._kmsg.available if self._kmsg else None,
             phpfpm_config_errors=self._fpm.config_errors if self._fpm else 0,
             phpfpm_untrusted=view.untrusted,
-            sources=run.results(),
+            sources=sources,
             own=own_process(),
         )
+
+
+def kmsg_down(watcher: KmsgWatcher) -> Callable[[object], str | None]:
+    """The kernel log source is down while the watcher cannot read the log."""
+    return lambda _: None if watcher.available else f"cannot read {watcher.path}"
 
 
 def sample(p: Proc, group: str, deferred: bool) -> Sample | None:

@@ -363,14 +363,27 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     for name, has in snap.own.privileges:
         caps.add_metric([name], int(has))
     yield caps
-    if snap.kmsg_up is not None:
-        source = GaugeMetricFamily(
-            "pss_exporter_source_up",
-            "1 when the source can be read (kmsg: the kernel log, for OOM attribution)",
-            labels=["source"],
-        )
-        source.add_metric(["kmsg"], int(snap.kmsg_up))
-        yield source
+
+
+def source_families(snap: Snapshot) -> Iterator[Metric]:
+    """Each source's health this collection (Snapshot.sources)."""
+    up = GaugeMetricFamily(
+        "pss_exporter_source_up",
+        "1 when the source was read in full in the last collection; 0 when its input was "
+        "missing, unreadable or malformed, or it failed, and its series are left out "
+        "(zoneinfo: as read by the last reconciliation). A source the kernel lacks by "
+        "design (pressure before 4.20) or that is disabled has no series",
+        labels=["source"],
+    )
+    duration = GaugeMetricFamily(
+        "pss_exporter_source_duration_seconds",
+        "Time the source took in the last collection (zoneinfo: in the last reconciliation)",
+        labels=["source"],
+    )
+    for result in snap.sources:
+        up.add_metric([result.name], int(result.ok))
+        duration.add_metric([result.name], result.duration)
+    yield from (up, duration)
 
 
 def _renders(value: object) -> bool:
@@ -427,7 +440,13 @@ def own_families(snap: Snapshot) -> Iterator[Metric]:
 
 def _families(snap: Snapshot) -> _Families:
     return _Families(
-        [*snapshot_families(snap), *pool_families(snap), *host_families(snap), *own_families(snap)]
+        [
+            *snapshot_families(snap),
+            *pool_families(snap),
+            *host_families(snap),
+            *source_families(snap),
+            *own_families(snap),
+        ]
     )
 
 

@@ -45,11 +45,13 @@ class Sample(NamedTuple):
 
 class SourceResult(NamedTuple):
     """How one source of a collection did (see sources.py): ok is False when
-    it raised and its part of the snapshot is missing."""
+    it raised (its part of the snapshot is missing) or could read only part
+    of its input; error says why."""
 
     name: str
     ok: bool
     duration: float  # seconds
+    error: str | None = None
 
 
 class LargeRead(NamedTuple):
@@ -149,7 +151,6 @@ class Snapshot:
     host_pressure: dict[str, float] | None = None  # stall seconds by kind
     accounting: Accounting | None = None  # the latest reconciliation
     group_oom_kills: dict[str, int] = field(default_factory=dict)  # cgroup or kernel log
-    kmsg_up: bool | None = None  # None: the kernel log is not watched
     # The exporter's own process (capabilities, CPU, memory, descriptors), read
     # with the collection so that rendering reads nothing.
     own: OwnProcess = field(default_factory=OwnProcess)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from exporter.grouping import (
     fpm_role,
     outside_fpm_groups,
 )
-from exporter.phpfpm import PhpFpmSource
+from exporter.phpfpm import Loads, PhpFpmSource
 from exporter.phpfpm_config import PoolSettings
 from exporter.procfs import Stat, parse_cmdline
 from exporter.sources import Cycle, pool_refs
@@ -463,7 +462,6 @@ def pool_groups(
     fpm = PhpFpmSource(build_config({}, "test").php_fpm, "/proc", 15.0)
     pool = PoolSettings("www", "ondemand", 4, None, None, None, 0, None, None, None)
     settings = {(pid, name): pool for name, pid in configured}
-    fpm.configs = SimpleNamespace(settings=lambda refs, m: (settings, {}))  # type: ignore[assignment]
     procs = [
         Proc(pid, Stat("php-fpm", "S", 1, 0, m.starttime), None, FpmRole(True, m.conf), True)
         for pid, m in masters.items()
@@ -474,7 +472,8 @@ def pool_groups(
     grouper = Grouper(100, FpmStub(masters, configured if loaded else []))
     procs, groups, view = grouper.group(procs)
     try:
-        pending = fpm.start(pool_refs(Cycle(0.0, procs, groups, view, {})), view.masters)
+        refs = pool_refs(Cycle(0.0, procs, groups, view, {}))
+        pending = fpm.start(refs, view.masters, Loads(settings, {}, 0))
     finally:
         fpm.close()
     return {(r.pool, r.master_pid): r.group for r, _, _ in pending}
