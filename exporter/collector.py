@@ -117,7 +117,7 @@ class Collector:
         deferred = self._scheduler.read(due, now)
         samples = []
         for p, group in zip(procs, groups):
-            s = sample(p, group, p.pid in deferred)
+            s = sample(p, group, p.pid in deferred, view.is_master(p))
             if s is not None:
                 samples.append(s)
         host = run.run(self._host, cycle, NO_HOST)
@@ -168,10 +168,10 @@ class Collector:
         )
 
 
-def sample(p: Proc, group: str, deferred: bool) -> Sample | None:
+def sample(p: Proc, group: str, deferred: bool, is_master: bool) -> Sample | None:
     """What a process contributes to its group this cycle; None when it
     vanished or was garbled during this cycle's read."""
-    is_worker = not p.is_master
+    is_worker = not is_master
     if p.state == "Z":  # a zombie holds no memory and is no worker
         return Sample(group, ZERO_MEMORY, False)
     if p.unreadable:
