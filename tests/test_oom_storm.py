@@ -8,9 +8,10 @@ carries the master's title until it retitles itself. The kernel changes
 while the exporter reads it, so the test freezes master and workers (the
 cgroup freezer) several times mid-storm and, while they are frozen, runs a
 collection of a Collector kept across cycles (as `serve` does) and of a fresh
-one (as `once` does). The pool's process and worker counts of both must
-equal the kernel's at that instant: the master's live (non-zombie) children
-in /proc, which are also the cgroup's processes but the master.
+one (as `once` does, here with a budget that defers most reads). The pool's
+process and worker counts of both must equal the kernel's at that instant:
+the master's live (non-zombie) children in /proc, which are also the
+cgroup's processes but the master.
 """
 
 from __future__ import annotations
@@ -191,9 +192,10 @@ def pool_figures(snap: Snapshot, group: str) -> tuple[int, int]:
     return (g.processes, g.workers) if g else (0, 0)
 
 
-def exporter_config(tmp: Path) -> Config:
-    path = tmp / "exporter.yml"
-    path.write_text("collection:\n  interval: 1s\nprocess_names: []\n")
+def exporter_config(tmp: Path, budget: str) -> Config:
+    """Only php-fpm's processes grouped; collection.budget as given."""
+    path = tmp / f"exporter-{budget}.yml"
+    path.write_text(f"collection:\n  interval: 1s\n  budget: {budget}\nprocess_names: []\n")
     return load_config(str(path))
 
 
@@ -211,8 +213,12 @@ def test_pool_counts_equal_the_kernels_in_an_oom_storm(
         global_section(tmp_path) + f"[{pool}]\nlisten = {listen}\n"
         f"pm = static\npm.max_children = {WORKERS}\npm.max_requests = 0\n"
     )
-    config = exporter_config(tmp_path)
+    config = exporter_config(tmp_path, "500ms")
+    # A fresh collection out of budget at once: most workers are deferred before
+    # their first read, their memory unknown, and still workers.
+    starved = exporter_config(tmp_path, "1ms")
     seen: list[tuple[Kernel, dict[str, tuple[int, int]]]] = []
+    deferred = 0  # reads the starved collections deferred
     try:
         with (
             running_fpm(conf, {pool: WORKERS}, cgroup=limited_cgroup, graceful=False) as fpm,
@@ -236,11 +242,13 @@ def test_pool_counts_equal_the_kernels_in_an_oom_storm(
                 serve.collect()
                 with freezer.frozen():
                     kernel = read_kernel(fpm.pid, limited_cgroup)
-                    with Collector(config) as once:
-                        counts = {
-                            "once": pool_figures(once.collect(), group),
-                            "serve": pool_figures(serve.collect(), group),
-                        }
+                    with Collector(starved) as once:
+                        fresh = once.collect()
+                    counts = {
+                        "once": pool_figures(fresh, group),
+                        "serve": pool_figures(serve.collect(), group),
+                    }
+                    deferred += fresh.smaps_outcomes["deferred"]
                     assert read_kernel(fpm.pid, limited_cgroup) == kernel, "moved while frozen"
                 kills = oom_kills(limited_cgroup)
                 seen.append((kernel, counts))
@@ -261,3 +269,4 @@ def test_pool_counts_equal_the_kernels_in_an_oom_storm(
     # The storm showed both shapes frozen (zombies, children not yet retitled).
     assert any(k.zombies for k, _ in seen), report
     assert any(k.master_titled for k, _ in seen), report
+    assert deferred > 0, "no read was deferred by the 1ms budget"
