@@ -653,10 +653,11 @@ def fpm_master(tree: Tree, pid: int, conf: str, pools: str) -> None:
 
 
 def just_forked(tree: Tree, pid: int, master: int) -> None:
-    """A child the master has just forked: its title, its executable."""
+    """A child the master has just forked: its title, executable and root."""
     title = cmdline_of(tree, master)
     tree.write(pid, "php-fpm8.2", 900, cmdline=title, ppid=master)
     trusted_master_files(tree.root / str(pid))
+    shutil.copytree(tree.root / str(master) / "root", tree.root / str(pid) / "root")
 
 
 def cmdline_of(tree: Tree, pid: int) -> str:
@@ -682,7 +683,9 @@ def test_workers_of_a_pool_are_the_masters_live_children(tmp_path: Path) -> None
     killed one is a zombie until its master reaps it. The pool's processes
     and workers are the master's live children, in a collector kept across
     cycles as in a fresh one: a child not titled yet is its master's only
-    pool's, or in no group when the master has several; a zombie is in none."""
+    pool's, or in no group when the master has several; a zombie is in none.
+    Taken for a second master of its pool, such a child renamed the pool's
+    group (php-fpm:www#1) once its config was loaded."""
     tree = Tree(tmp_path / "proc")
     fpm_master(tree, 100, "/etc/one.conf", "[www]\nlisten = /run/www.sock\npm = static\n")
     tree.write(101, "php-fpm8.2", 2000, cmdline="php-fpm: pool www", ppid=100)
