@@ -53,19 +53,18 @@ class FpmView(NamedTuple):
 
     trusted: frozenset[int]  # PIDs of trusted masters and of their children
     masters: dict[int, FpmMaster]  # the trusted masters, by PID
-    names: dict[tuple[str, int], str]  # (pool, master PID) -> group, running or configured
-    untrusted: int  # processes titled as php-fpm, not trusted
-    # The group of each trusted process this cycle: the masters' and their live
-    # children's whose pool is known (see Grouper._fpm_view); the other
-    # trusted PIDs are in no group.
+    # Trusted PID -> its group: every master, and each live child whose pool is
+    # known. A trusted PID without one (a zombie; a child not titled yet of a
+    # master of several pools) is in no group this cycle.
     groups: dict[int, str]
+    untrusted: int  # processes titled as php-fpm, not trusted
 
     def is_master(self, p: Proc) -> bool:
         """A trusted master; for a process not trusted, what its title says."""
         return p.pid in self.masters if p.pid in self.trusted else p.is_master
 
 
-NO_FPM = FpmView(frozenset(), {}, {}, 0, {})
+NO_FPM = FpmView(frozenset(), {}, {}, 0)
 
 
 class Classifier:
@@ -188,7 +187,7 @@ class Grouper:
         trusted = frozenset(masters).union(p.pid for p in children)
         untrusted = [p for p, _ in claims if p.pid not in trusted]
         self._log_untrusted(untrusted)
-        return FpmView(trusted, masters, names, len(untrusted), groups)
+        return FpmView(trusted, masters, groups, len(untrusted))
 
     def _log_untrusted(self, untrusted: list[Proc]) -> None:
         """One warning per cycle at most, naming the untrusted processes not
