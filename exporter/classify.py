@@ -77,8 +77,11 @@ class Classifier:
     def __call__(self, pid: int, st: Stat, parent: Proc | None) -> Proc:
         proc = LiveProcess(self.procfs, pid, st.comm, st.starttime)
         role = fpm_role(st.comm, lambda: proc.cmdline)
+        # A master's child may still carry its title; so may a process whose
+        # parent is not known yet (a PID below its parent's, after PID wrap).
+        forked = parent.is_master if parent is not None else st.ppid != 0
         provisional = st.comm.startswith("php-fpm") and (
-            role is None or (role.is_master and parent is not None and parent.is_master)
+            role is None or (role.is_master and forked)
         )
         fpm = role is not None and self.config.php_fpm.enabled
         # The rules group php-fpm's processes too: those not trusted as

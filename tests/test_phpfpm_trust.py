@@ -709,6 +709,21 @@ def test_workers_of_a_pool_are_the_masters_live_children(tmp_path: Path) -> None
     assert counts(collector(tree, FakeClock()).collect()) == want
 
 
+def test_a_child_listed_before_its_master_is_classified_again(tmp_path: Path) -> None:
+    """After PID wrap a worker can have a PID below its master's: in the first
+    cycle, its master's title is classified before the master is known, and
+    must still be taken again once the worker has retitled itself."""
+    tree = Tree(tmp_path / "proc")
+    fpm_master(tree, 300, "/etc/two.conf", "[a]\nlisten = /run/a\n[b]\nlisten = /run/b\n")
+    tree.write(301, "php-fpm8.2", 2000, cmdline="php-fpm: pool a", ppid=300)
+    tree.write(302, "php-fpm8.2", 2000, cmdline="php-fpm: pool b", ppid=300)
+    just_forked(tree, 200, 300)
+    col = collector(tree, FakeClock())
+    assert counts(col.collect())["php-fpm:b"] == (1, 1)  # 200: a or b, not known yet
+    (tree.root / "200" / "cmdline").write_bytes(b"php-fpm: pool b\0")
+    assert counts(col.collect())["php-fpm:b"] == (2, 2)
+
+
 def test_a_master_vouches_only_for_the_process_seen(tmp_path: Path) -> None:
     """The collector reads a title, then checks the executable: if the PID
     was reused in between (a fake master exited, a real one took its PID),
