@@ -64,7 +64,8 @@ class Kernel:
         return len(self.children) - self.live
 
 
-def read_kernel(master: int, cgroup: Path) -> Kernel:
+def children_of(master: int) -> dict[int, str]:
+    """{PID: state} of master's children, from /proc."""
     children = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -76,6 +77,11 @@ def read_kernel(master: int, cgroup: Path) -> Kernel:
         state, ppid = stat[stat.rfind(b")") + 2 :].split()[:2]
         if int(ppid) == master:
             children[int(entry.name)] = state.decode()
+    return children
+
+
+def read_kernel(master: int, cgroup: Path) -> Kernel:
+    children = children_of(master)
     titled = sum(cmdline(pid).startswith(MASTER_TITLE) for pid, s in children.items() if s != "Z")
     procs = frozenset(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
     return Kernel(children, procs, titled)
@@ -103,8 +109,8 @@ class Freezer:
 
         def moved() -> bool:
             inside = set((self.path / "cgroup.procs").read_text().split())
-            missing = [p for p, s in read_kernel(master, self.path).children.items() if s != "Z"]
-            missing = [p for p in [master, *missing] if str(p) not in inside]
+            live = [pid for pid, state in children_of(master).items() if state != "Z"]
+            missing = [pid for pid in [master, *live] if str(pid) not in inside]
             for pid in missing:
                 with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                     (self.path / "cgroup.procs").write_text(str(pid))
@@ -113,14 +119,17 @@ class Freezer:
         wait_until("php-fpm in the freezer cgroup", moved, timeout=10)
 
     def _set(self, frozen: bool) -> None:
+        """Freeze or thaw, and wait until the kernel says it is done."""
         if self.v2:
             (self.path / "cgroup.freeze").write_text("1" if frozen else "0")
-            want = f"frozen {int(frozen)}"
-            done = lambda: want in (self.path / "cgroup.events").read_text().splitlines()  # noqa: E731
+            file, want = self.path / "cgroup.events", f"frozen {int(frozen)}"
         else:
-            state = "FROZEN" if frozen else "THAWED"
-            (self.path / "freezer.state").write_text(state)
-            done = lambda: (self.path / "freezer.state").read_text().strip() == state  # noqa: E731
+            file, want = self.path / "freezer.state", "FROZEN" if frozen else "THAWED"
+            file.write_text(want)
+
+        def done() -> bool:
+            return want in file.read_text().splitlines()
+
         wait_until(f"{self.path} frozen={frozen}", done, timeout=10)
 
     @contextmanager
@@ -132,16 +141,16 @@ class Freezer:
             self._set(False)
 
     def remove(self) -> None:
+        """Thaw, then remove the v1 freezer cgroup once php-fpm has exited."""
         if self.v2:
             return
         self._set(False)
-        with contextlib.suppress(OSError):  # its processes exit with php-fpm
-            wait_until(
-                "freezer cgroup empty",
-                lambda: not (self.path / "cgroup.procs").read_text().split(),
-                timeout=10,
-            )
-            self.path.rmdir()
+        wait_until(
+            "freezer cgroup empty",
+            lambda: not (self.path / "cgroup.procs").read_text().split(),
+            timeout=10,
+        )
+        self.path.rmdir()
 
 
 @contextmanager
