@@ -123,7 +123,7 @@ class Collector:
         deferred = self._scheduler.read(due, now)
         samples = []
         for p, group in zip(procs, groups):
-            s = sample(p, group, p.pid in deferred)
+            s = sample(p, group, p.pid in deferred, view.is_master(p))
             if s is not None:
                 samples.append(s)
         host = self._host
@@ -188,10 +188,10 @@ def kmsg_down(watcher: KmsgWatcher) -> Callable[[object], str | None]:
     return lambda _: None if watcher.available else f"cannot read {watcher.path}"
 
 
-def sample(p: Proc, group: str, deferred: bool) -> Sample | None:
+def sample(p: Proc, group: str, deferred: bool, is_master: bool) -> Sample | None:
     """What a process contributes to its group this cycle; None when it
     vanished or was garbled during this cycle's read."""
-    is_worker = not p.is_master
+    is_worker = not is_master
     if p.state == "Z":  # a zombie holds no memory and is no worker
         return Sample(group, ZERO_MEMORY, False)
     if p.unreadable:

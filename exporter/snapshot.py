@@ -33,7 +33,8 @@ class Sample(NamedTuple):
     memory is None when its smaps could not be read (unreadable: permission
     denied) or has not been read yet (stale: deferred by the time budget).
     stale with memory set means the values are from an earlier cycle.
-    Workers are all processes except php-fpm masters and zombies.
+    Workers are all processes except php-fpm masters and zombies (a trusted
+    master's child is a worker whatever its title: classify.FpmView.is_master).
     """
 
     group: str
@@ -92,6 +93,9 @@ class GroupStats:
     pss_shmem: int | None
     worker_pss: Distribution
     worker_uss: Distribution
+    # Every worker, its memory known or not (unreadable, deferred before its
+    # first read): the distributions count only those whose memory is known.
+    workers: int
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ def aggregate_group(name: str, samples: list[Sample]) -> GroupStats:
         pss_shmem=optional_sum([m.pss_shmem for m in mems]),
         worker_pss=distribution([m.pss for m in workers]),
         worker_uss=distribution([m.uss for m in workers]),
+        workers=sum(s.is_worker for s in samples),
     )
 
 

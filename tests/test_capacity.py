@@ -96,7 +96,7 @@ def test_parse_status_rejects_what_is_not_a_status_page(body: bytes) -> None:
 
 def group(name: str, pss: int, uss: int, quantiles: tuple) -> GroupStats:
     dist = Distribution(quantiles, uss, 2)
-    return GroupStats(name, 2, 0, 0, pss * 2, pss, uss, 0, 0, None, None, None, dist, dist)
+    return GroupStats(name, 2, 0, 0, pss * 2, pss, uss, 0, 0, None, None, None, dist, dist, 2)
 
 
 def test_top_table_sorts_by_pss_and_shows_pool_capacity() -> None:

@@ -113,3 +113,20 @@ def test_modules_do_not_load_what_they_do_not_need(module: str, must_not_load: s
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", f"{module} loads {must_not_load}"
+
+
+def test_workers_count_every_worker_whether_its_memory_is_known_or_not() -> None:
+    """The distributions hold the workers whose memory is known; the worker
+    count holds every worker: one unreadable, one deferred before its first
+    read. Neither the master nor the zombie is one."""
+    (g,) = aggregate(
+        [
+            Sample("g", memory(8 * MiB, None), True),
+            Sample("g", memory(4 * MiB, None), True, stale=True),  # deferred, read before
+            Sample("g", None, True, stale=True),  # deferred, never read
+            Sample("g", None, True, unreadable=True),
+            Sample("g", memory(2 * MiB, None), False),  # a master
+            Sample("g", ZERO_MEMORY, False),  # a zombie
+        ]
+    )
+    assert (g.processes, g.workers, g.worker_pss.count, g.worker_uss.count) == (6, 4, 2, 2)
