@@ -18,12 +18,14 @@ from dataclasses import replace
 from types import TracebackType
 
 from .accounting import Accounting
+from .capacity import PoolPeaks
 from .cgroup import CgroupState
 from .classify import Classifier, Grouper
 from .config import Config
 from .discovery import list_pids
 from .host import NO_HOST, AccountingSource, HostSource
 from .kmsg import KmsgWatcher
+from .peaks import PeaksSource
 from .phpfpm import PhpFpmSource
 from .privileges import own_process
 from .procfs import ZERO_MEMORY
@@ -80,6 +82,11 @@ class Collector:
         )
         self._cgroups = CgroupSource(self.sysfs) if config.cgroups.enabled else None
         self._pools = FpmPoolsSource(self._fpm) if self._fpm else None
+        self._peaks = (
+            PeaksSource(self.procfs, config.php_fpm.window, self._errors.count)
+            if self._fpm
+            else None
+        )
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
 
@@ -120,6 +127,9 @@ class Collector:
             s = sample(p, group, p.pid in deferred)
             if s is not None:
                 samples.append(s)
+        peaks: dict[str, PoolPeaks] = {}
+        if self._peaks is not None:  # after the reads: this cycle's RSS and USS
+            peaks = run.run(self._peaks, cycle, {})
         host = run.run(self._host, cycle, NO_HOST)
         cycle = replace(cycle, meminfo=host.meminfo)
         accounting: Accounting | None = None
@@ -154,7 +164,7 @@ class Collector:
             },
             budget_exhausted=self._scheduler.budget_exhausted,
             large_reads=large_reads(procs, groups, self.config.collection.large_rss),
-            pools=pool_stats(pools, group_stats, available, cgroups, self.config.php_fpm),
+            pools=pool_stats(pools, group_stats, available, cgroups, peaks, self.config.php_fpm),
             cgroups=cgroups,
             host_oom_kills=host.oom_kills,
             host_pressure=host.pressure,
