@@ -16,8 +16,9 @@ cgroup with a limit, or the host outside any limit) share it:
 
     shared      = pool PSS - pool USS
     room        = min(domain headroom, MemAvailable) + the domain's pools' PSS
-    demand      = shared + n * observed-peak size, n = max_children at most
-                  what would fit in the whole room alone
+    demand      = shared + n * observed-peak size (memory_limit size for a
+                  pool with no peak yet), n = max_children at most what
+                  would fit in the whole room alone
     budget      = room * (1 - reserve) * demand / the domain's total demand
     projected   = shared + max_children * size     (per basis)
     recommended = floor((budget - shared) / size)  (per basis)
@@ -139,9 +140,10 @@ def room(pools: Sequence[PoolDemand], mem_available: int | None) -> int | None:
 
 def demand(pool: PoolDemand, whole: int | None, sizing: str) -> int:
     """A pool's peak demand: its shared memory plus max_children workers at
-    their observed peak, at most as many as the whole room would hold."""
+    their observed peak (PHP's bound for a pool no worker of which was seen),
+    at most as many as the whole room would hold."""
     shared = shared_memory(pool.pss, pool.uss)
-    size = pool.peaks.size(sizing)
+    size = pool.peaks.size(sizing) or limit_size(pool.memory_limit, pool.peaks.baseline)
     if not size:
         return shared
     workers = pool.max_children if pool.max_children is not None else len(pool.peaks.peaks)

@@ -371,3 +371,18 @@ def test_top_fits_80_columns_and_says_how_to_quit() -> None:
 )
 def test_human_sizes(n: float | None, text: str) -> None:
     assert human(n) == text
+
+
+def test_a_pool_never_seen_busy_is_weighed_by_its_memory_limit() -> None:
+    """An idle ondemand pool (no worker, no peak) beside a busy one: its share
+    of the room follows PHP's bound, not zero."""
+    idle = pool(
+        "php-fpm:idle", max_children=3, memory_limit=128 * MiB, worker_peaks=peaks(baseline=None)
+    )
+    busy = pool("php-fpm:busy", 100 * MiB, 80 * MiB, peaks(30), 10)
+    caps = capacities([idle, busy], 2 * GiB, 0.0, "p95")
+    assert caps["php-fpm:idle"].demand == 3 * 128 * MiB
+    assert caps["php-fpm:idle"].recommended is None  # no peak: no observed figure
+    assert caps["php-fpm:idle"].bases[MEMORY_LIMIT].recommended == (
+        caps["php-fpm:idle"].budget or 0
+    ) // (128 * MiB)
