@@ -8,7 +8,7 @@ from typing import Any
 from .accounting import COMPONENTS
 from .capacity import HOST, MEMORY_LIMIT, OBSERVED_PEAK, nearest_rank
 from .snapshot import PoolStats, Snapshot
-from .text import human, one_line
+from .text import excerpt, human, one_line
 
 TOP_GROUPS = 5
 EXPLAIN_SHARE = 0.01  # components from 1% of used get their sentence
@@ -74,8 +74,8 @@ def find_pool(snap: Snapshot, name: str) -> PoolStats:
     for pool in snap.pools:
         if pool.info.group in (name, f"php-fpm:{name}"):
             return pool
-    known = ", ".join(p.info.group for p in snap.pools) or "none"
-    raise ValueError(f"no php-fpm pool {one_line(name)!s} (pools: {known})")
+    known = one_line(", ".join(p.info.group for p in snap.pools)) or "none"  # tenants' names
+    raise ValueError(f"no php-fpm pool {excerpt(name)} (pools: {known})")
 
 
 def pool_dict(snap: Snapshot, name: str, sizing: str, reserve: float) -> dict[str, Any]:
@@ -168,6 +168,11 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
             f"{human(dom['memory_available_bytes'])}"
         )
     pss = sum(p["pss_bytes"] for p in dom["pools"])
+    if dom["cgroup_usage_bytes"] is not None:
+        lines.append(
+            f"other groups and page cache in the cgroup: usage - pools' PSS = "
+            f"{human(max(dom['cgroup_usage_bytes'] - pss, 0))}"
+        )
     lines.append(
         f"room = the domain's pools' PSS {human(pss)} + the tighter of headroom and "
         f"MemAvailable = {human(dom['room_bytes'])} (other groups' memory is out of it)"

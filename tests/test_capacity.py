@@ -3,10 +3,12 @@ parser and the top table."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from exporter import explain
 from exporter.capacity import (
     HOST,
     MEMORY_LIMIT,
@@ -17,7 +19,7 @@ from exporter.capacity import (
 )
 from exporter.cgroup import CgroupState
 from exporter.classify import FpmView
-from exporter.config import PhpFpmConfig
+from exporter.config import ConfigError, PhpFpmConfig, load_config
 from exporter.grouping import FpmRole
 from exporter.peaks import MAX_WORKERS, PeaksSource, parse_vmhwm, peak_uss
 from exporter.phpfpm import PoolInfo, PoolStatus, parse_status
@@ -386,3 +388,48 @@ def test_a_pool_never_seen_busy_is_weighed_by_its_memory_limit() -> None:
     assert caps["php-fpm:idle"].bases[MEMORY_LIMIT].recommended == (
         caps["php-fpm:idle"].budget or 0
     ) // (128 * MiB)
+
+
+def test_window_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("php_fpm: {window: 30m, sizing: max}\n")
+    fpm = load_config(str(path)).php_fpm
+    assert (fpm.window, fpm.sizing) == (1800.0, "max")
+    assert load_config(None).php_fpm.window == 3600.0
+    for bad, reason in (
+        ("php_fpm: {window: 5s}\ncollection: {interval: 15s}\n", "from 15s to 7d"),
+        ("php_fpm: {window: 3600}\n", "must be a duration"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=f"php_fpm.window: .*{reason}"):
+            load_config(str(path))
+
+
+def test_explain_pool_prints_the_derivation() -> None:
+    """Two pools in one cgroup: the derivation names the domain, both pools,
+    the window and the figures the exposition carries."""
+    groups = (
+        group("php-fpm:a", 60 * MiB, 40 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
+        group("php-fpm:b", 50 * MiB, 30 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
+    )
+    state = CgroupState(210 * MiB, 720 * MiB, 0, None, 510 * MiB, "/sys/fs/cgroup/memory/cg")
+    infos = tuple(PoolInfo(g, None, 20, None, False) for g in ("php-fpm:a", "php-fpm:b"))
+    window = {"php-fpm:a": peaks(20, 26), "php-fpm:b": peaks(10)}
+    pools = pool_stats(
+        infos, groups, 8 * GiB, {"php-fpm:a": state, "php-fpm:b": state}, window, PhpFpmConfig()
+    )
+    cgroups = {"php-fpm:a": state, "php-fpm:b": state}
+    snap = Snapshot(groups, 16 * GiB, 8 * GiB, 0.0, 0.0, 2, {}, 0, pools=pools, cgroups=cgroups)
+    text = explain.render_pool(snap, "a", "p95", 0.1)
+    cap = pools[0].capacity
+    assert "memory domain: cgroup /sys/fs/cgroup/memory/cg: limit 720.0 MiB" in text
+    assert "other groups and page cache in the cgroup: usage - pools' PSS = 100.0 MiB" in text
+    assert f"= {human(cap.room)}" in text and "php-fpm:b" in text
+    assert "2 workers in the window (3600 s" in text
+    assert f"floor((budget - shared) / worker size) = {cap.recommended}" in text
+    data = json.loads(explain.render_pool_json(snap, "php-fpm:a", "p95", 0.1))
+    assert data["budget_bytes"] == cap.budget
+    assert [p["group"] for p in data["domain"]["pools"]] == ["php-fpm:a", "php-fpm:b"]
+    assert sum(p["budget_bytes"] for p in data["domain"]["pools"]) <= cap.room
+    with pytest.raises(ValueError, match="no php-fpm pool 'c' \\(pools: php-fpm:a, php-fpm:b\\)"):
+        explain.find_pool(snap, "c")
