@@ -148,10 +148,10 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
         "",
         f"shared = pool PSS - pool USS = {human(d['pss_bytes'])} - {human(d['uss_bytes'])}"
         f" = {human(d['shared_bytes'])}",
-        f"worker peaks (VmHWM - (RSS - USS)): {pk['workers']} workers in the window "
-        f"({pk['window_seconds']:.0f} s, {pk['observed_seconds']:.0f} s of it observed): "
-        f"median {human(pk['median_bytes'])}, p95 {human(pk['p95_bytes'])}, "
-        f"max {human(pk['max_bytes'])}; least USS {human(pk['baseline_bytes'])}",
+        f"worker peaks (VmHWM - (RSS - USS)): {pk['workers']} workers in the window",
+        f"  (php_fpm.window {pk['window_seconds']:.0f} s, {pk['observed_seconds']:.0f} s of it "
+        f"observed): median {human(pk['median_bytes'])}, p95 {human(pk['p95_bytes'])},",
+        f"  max {human(pk['max_bytes'])}; least USS (baseline) {human(pk['baseline_bytes'])}",
         f"worker size ({pk['sizing']} of the peaks): {human(size['worker_size_bytes'])}",
         "",
     ]
@@ -162,8 +162,8 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
         )
     else:
         lines.append(
-            f"memory domain: cgroup {dom['name']}: limit {human(dom['cgroup_limit_bytes'])}, "
-            f"usage {human(dom['cgroup_usage_bytes'])}, headroom "
+            f"memory domain: cgroup {dom['name']}: limit {human(dom['cgroup_limit_bytes'])},\n"
+            f"  usage {human(dom['cgroup_usage_bytes'])}, headroom "
             f"{human(dom['cgroup_headroom_bytes'])}; MemAvailable "
             f"{human(dom['memory_available_bytes'])}"
         )
@@ -175,25 +175,27 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
         )
     lines.append(
         f"room = the domain's pools' PSS {human(pss)} + the tighter of headroom and "
-        f"MemAvailable = {human(dom['room_bytes'])} (other groups' memory is out of it)"
+        f"MemAvailable\n     = {human(dom['room_bytes'])}"
     )
     lines.append(f"{'POOL OF THE DOMAIN':<40} {'PSS':>11} {'DEMAND':>11} {'BUDGET':>11}")
     for p in dom["pools"]:
+        name = p["group"] if len(p["group"]) <= 40 else p["group"][:39] + "~"
         lines.append(
-            f"{p['group'][:40]:<40} {human(p['pss_bytes']):>11} {human(p['demand_bytes']):>11}"
+            f"{name:<40} {human(p['pss_bytes']):>11} {human(p['demand_bytes']):>11}"
             f" {human(p['budget_bytes']):>11}"
         )
     lines += [
-        f"budget = room x (1 - reserve {d['reserve']:.0%}) x demand / the domain's demand"
-        f" = {human(d['budget_bytes'])}",
+        f"budget = room x (1 - reserve {d['reserve']:.0%}) x demand / the domain's demand",
+        f"       = {human(d['budget_bytes'])}",
         "",
         f"recommended max_children = floor((budget - shared) / worker size) = "
         f"{_count(size['recommended_max_children'])}",
-        f"projected at max_children = shared + max_children x worker size = "
-        f"{human(size['projected_bytes'])} of a budget of {human(d['budget_bytes'])}",
-        f"memory_limit bound (memory_limit + least USS = {human(limit['worker_size_bytes'])} a "
-        f"worker): recommended "
-        f"{_count(limit['recommended_max_children'])}, projected {human(limit['projected_bytes'])}",
+        f"projected = shared + max_children x worker size = {human(size['projected_bytes'])}"
+        f" (budget {human(d['budget_bytes'])})",
+        f"memory_limit bound: memory_limit + baseline = {human(limit['worker_size_bytes'])}"
+        f" a worker,",
+        f"  recommended {_count(limit['recommended_max_children'])}, projected "
+        f"{human(limit['projected_bytes'])}",
     ]
     return "\n".join(lines) + "\n"
 

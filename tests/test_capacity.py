@@ -23,6 +23,7 @@ from exporter.config import ConfigError, PhpFpmConfig, load_config
 from exporter.grouping import FpmRole
 from exporter.peaks import MAX_WORKERS, PeaksSource, parse_vmhwm, peak_uss
 from exporter.phpfpm import PoolInfo, PoolStatus, parse_status
+from exporter.phpfpm_config import PoolSettings
 from exporter.procfs import Memory, ParseError, Stat
 from exporter.snapshot import Distribution, GroupStats, Snapshot, pool_stats
 from exporter.sources import Cycle
@@ -422,10 +423,10 @@ def test_explain_pool_prints_the_derivation() -> None:
     snap = Snapshot(groups, 16 * GiB, 8 * GiB, 0.0, 0.0, 2, {}, 0, pools=pools, cgroups=cgroups)
     text = explain.render_pool(snap, "a", "p95", 0.1)
     cap = pools[0].capacity
-    assert "memory domain: cgroup /sys/fs/cgroup/memory/cg: limit 720.0 MiB" in text
+    assert "memory domain: cgroup /sys/fs/cgroup/memory/cg: limit 720.0 MiB,\n  usage" in text
     assert "other groups and page cache in the cgroup: usage - pools' PSS = 100.0 MiB" in text
     assert f"= {human(cap.room)}" in text and "php-fpm:b" in text
-    assert "2 workers in the window (3600 s" in text
+    assert "2 workers in the window\n  (php_fpm.window 3600 s" in text
     assert f"floor((budget - shared) / worker size) = {cap.recommended}" in text
     data = json.loads(explain.render_pool_json(snap, "php-fpm:a", "p95", 0.1))
     assert data["budget_bytes"] == cap.budget
@@ -433,3 +434,17 @@ def test_explain_pool_prints_the_derivation() -> None:
     assert sum(p["budget_bytes"] for p in data["domain"]["pools"]) <= cap.room
     with pytest.raises(ValueError, match="no php-fpm pool 'c' \\(pools: php-fpm:a, php-fpm:b\\)"):
         explain.find_pool(snap, "c")
+
+
+def test_the_docs_show_what_explain_pool_prints() -> None:
+    """docs/phpfpm-capacity.md's `explain --pool` block is the worked example's output."""
+    d = Distribution((), 20 * MiB, 20)
+    g = GroupStats("php-fpm:www", 21, 0, 0, 0, 120 * MiB, 20 * MiB, 0, 0, None, None, None, d, d)
+    settings = PoolSettings("www", "static", 50, None, None, None, 0, None, None, 128 * MiB)
+    info = PoolInfo("php-fpm:www", settings, 50, None, False)
+    window = {"php-fpm:www": peaks(*[40] * 19, 61, baseline=1)}
+    pools = pool_stats((info,), (g,), 3 * GiB, {}, window, PhpFpmConfig())
+    snap = Snapshot((g,), 8 * GiB, 3 * GiB, 0.0, 0.0, 1, {}, 0, pools=pools)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "phpfpm-capacity.md").read_text()
+    block = doc.split("```\npool php-fpm:www: ", 1)[1].split("```\n", 1)[0]
+    assert explain.render_pool(snap, "www", "p95", 0.1) == "pool php-fpm:www: " + block

@@ -678,3 +678,37 @@ def test_garbled_http_status_page_is_that_pages_error(
     assert group_value(s, "pss_phpfpm_status_up", pool.group) == 0
     assert group_value(s, "pss_phpfpm_max_children", pool.group) == pool.max_children
     assert group_value(s, "pss_phpfpm_status_up", fpm.pools[STATIC].group) == 1
+
+
+def test_explain_pool_derives_the_exported_figures(fpm: Fpm, tmp_path: Path) -> None:
+    """`explain --pool NAME` (pool name or group) between two `once` runs: the
+    same peaks, and figures within what the two runs exported."""
+    pool = fpm.pools[STATIC]
+    with holding(pool, 1, HELD_MIB, tmp_path):
+        pass  # one worker has now peaked at HELD_MIB
+    first = exported()
+    result = run_cli("explain", "--pool", pool.name, "--json")
+    text = run_cli("explain", "--pool", pool.group)
+    last = exported()
+    assert result.returncode == 0 and text.returncode == 0, result.stderr + text.stderr
+    data = json.loads(result.stdout)
+    g = pool.group
+    assert data["group"] == g and data["max_children"] == pool.max_children
+    assert data["domain"]["name"] == "host"
+    assert data["peaks"]["workers"] == pool.workers
+    assert data["peaks"]["max_bytes"] >= HELD_MIB * MIB
+    size = data["bases"]["observed_peak"]["worker_size_bytes"]
+    exported_sizes = [
+        group_value(s, "pss_phpfpm_worker_size_bytes", g, **PEAK) for s in (first, last)
+    ]
+    assert between(size, *exported_sizes, rel=0.01)
+    recommended = [
+        group_value(s, "pss_phpfpm_recommended_max_children", g, **PEAK) for s in (first, last)
+    ]
+    shown = data["bases"]["observed_peak"]["recommended_max_children"]
+    assert min(recommended) - 1 <= shown <= max(recommended) + 1
+    assert f"pool {g}: pm.max_children {pool.max_children}" in text.stdout
+    assert "memory domain: the host" in text.stdout
+    unknown = run_cli("explain", "--pool", "no-such-pool")
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("pss-exporter: error: explain: no php-fpm pool 'no-such-pool'")
