@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from .capacity import PoolPeaks
 from .classify import OTHER_GROUP
-from .discovery import PARSE, error_reason, read_bytes
+from .discovery import PARSE, VANISHED, error_reason, read_bytes
 from .procfs import MAX_VALUE, Memory, ParseError, parse_uint
 from .sources import Cycle
 
@@ -84,7 +84,8 @@ def window_peaks(
 class PeaksSource:
     """The peaks of every pool's workers over the window (a source: see sources.py)."""
 
-    name = "peaks"
+    # Timed with the rest of php-fpm (sources.FpmPoolsSource): one source, three steps.
+    name = "php-fpm"
 
     def __init__(self, procfs: str, window: float, count_error: Callable[[str], None]) -> None:
         self.procfs = procfs
@@ -104,7 +105,9 @@ class PeaksSource:
             try:
                 hwm = parse_vmhwm(read_bytes(f"{self.procfs}/{p.pid}/status"))
             except OSError as exc:
-                self._count_error(error_reason(exc))
+                reason = error_reason(exc)
+                if reason != VANISHED:  # exited since its smaps read: its entry stays as it was
+                    self._count_error(reason)
                 continue
             except ParseError:
                 self._count_error(PARSE)
