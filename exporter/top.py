@@ -108,11 +108,11 @@ def render(
         ]
         return "  ".join(parts).rstrip()
 
-    summary = (
-        f"pss-exporter top: {len(snap.groups)} groups, "
-        f"MemTotal {human(snap.memory_total)}, MemAvailable {human(snap.memory_available)}, "
-        f"collected in {snap.duration * 1000:.0f} ms"
-    )
+    memory = f"MemTotal {human(snap.memory_total)}, MemAvailable {human(snap.memory_available)}"
+    ms = f"{snap.duration * 1000:.0f} ms"
+    summary = f"pss-exporter top: {len(snap.groups)} groups, {memory}, collected in {ms}"
+    if width is not None and len(summary) > width:
+        summary = f"{len(snap.groups)} groups, {memory}, {ms}"
     header = line(COLUMNS)
     if color:
         header = _BOLD + header + _RESET
