@@ -30,9 +30,11 @@ from .discovery import PARSE, VANISHED, error_reason, read_bytes
 from .procfs import MAX_VALUE, Memory, ParseError, parse_uint
 from .sources import Cycle
 
-# Entries kept per pool: with pm.max_requests = 1 a busy pool would otherwise
-# keep one per request for the whole window. The least recently seen go first.
-MAX_WORKERS = 10_000
+# Entries kept per pool and in all: with pm.max_requests = 1 a busy pool
+# would otherwise keep one per request for the whole window (an entry is
+# about 200 bytes). The least recently seen go first.
+MAX_WORKERS = 5_000
+MAX_ENTRIES = 50_000
 
 
 def parse_vmhwm(status: bytes) -> int:
@@ -116,16 +118,30 @@ class PeaksSource:
             self._since.setdefault(group, now)
             key = (p.pid, p.starttime)
             workers[key] = merge(workers.get(key), peak_uss(hwm, p.memory), p.memory.uss, now)
-        out = {}
+        self._expire(now)
+        return {
+            group: window_peaks(workers, self.window, now - self._since[group])
+            for group, workers in self._pools.items()
+        }
+
+    def _expire(self, now: float) -> None:
+        """Drop the entries not seen for the window, then the least recently
+        seen beyond MAX_WORKERS a pool and MAX_ENTRIES in all."""
         for group in list(self._pools):
-            workers = self._pools[group]
-            kept = {k: w for k, w in workers.items() if now - w.seen <= self.window}
+            kept = {k: w for k, w in self._pools[group].items() if now - w.seen <= self.window}
             if len(kept) > MAX_WORKERS:
-                newest = sorted(kept.items(), key=lambda kw: kw[1].seen)[-MAX_WORKERS:]
-                kept = dict(newest)
-            if not kept:
-                del self._pools[group], self._since[group]
-                continue
+                kept = dict(sorted(kept.items(), key=lambda kw: kw[1].seen)[-MAX_WORKERS:])
             self._pools[group] = kept
-            out[group] = window_peaks(kept, self.window, now - self._since[group])
-        return out
+        if sum(map(len, self._pools.values())) > MAX_ENTRIES:
+            entries = sorted(
+                (
+                    (w.seen, group, key)
+                    for group, ws in self._pools.items()
+                    for key, w in ws.items()
+                ),
+                reverse=True,
+            )
+            for _, group, key in entries[MAX_ENTRIES:]:
+                del self._pools[group][key]
+        for group in [g for g, ws in self._pools.items() if not ws]:
+            del self._pools[group], self._since[group]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter import explain
+from exporter import peaks as peaks_module
 from exporter.capacity import (
     HOST,
     MEMORY_LIMIT,
@@ -21,7 +22,7 @@ from exporter.cgroup import CgroupState
 from exporter.classify import FpmView
 from exporter.config import ConfigError, PhpFpmConfig, load_config
 from exporter.grouping import FpmRole
-from exporter.peaks import MAX_WORKERS, PeaksSource, parse_vmhwm, peak_uss
+from exporter.peaks import PeaksSource, parse_vmhwm, peak_uss
 from exporter.phpfpm import PoolInfo, PoolStatus, parse_status
 from exporter.phpfpm_config import PoolSettings
 from exporter.procfs import Memory, ParseError, Stat
@@ -197,8 +198,9 @@ class FakeWorkers:
     """php-fpm workers in a fixture procfs tree: their status files say
     their VmHWM, their Proc their latest smaps values."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, group: str = "php-fpm:www") -> None:
         self.root = root
+        self.group = group
         self.procs: dict[int, Proc] = {}
         self.errors: list[str] = []
         self.source = PeaksSource(str(root), 600.0, self.errors.append)
@@ -220,8 +222,8 @@ class FakeWorkers:
     def collect(self, now: float) -> PoolPeaks:
         procs = list(self.procs.values())
         view = FpmView(frozenset(self.procs), {}, {}, 0)
-        cycle = Cycle(now, procs, ["php-fpm:www"] * len(procs), view, self.procs)
-        return self.source.collect(cycle)["php-fpm:www"]
+        cycle = Cycle(now, procs, [self.group] * len(procs), view, self.procs)
+        return self.source.collect(cycle)[self.group]
 
 
 def test_respawned_workers_keep_their_pools_window(tmp_path: Path) -> None:
@@ -243,12 +245,28 @@ def test_respawned_workers_keep_their_pools_window(tmp_path: Path) -> None:
     assert w.collect(612.0).peaks == (1 * MiB, 2 * MiB, 10 * MiB)
 
 
-def test_a_pool_keeps_at_most_max_workers_entries(tmp_path: Path) -> None:
+def test_entries_are_bounded_per_pool_and_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pm.max_requests = 1 under load: one worker a request. The least
+    recently seen go first, per pool beyond MAX_WORKERS, in all beyond
+    MAX_ENTRIES."""
+    monkeypatch.setattr(peaks_module, "MAX_WORKERS", 5)
+    monkeypatch.setattr(peaks_module, "MAX_ENTRIES", 8)
     w = FakeWorkers(tmp_path)
-    for pid in range(2, MAX_WORKERS + 12):
-        w.set(pid, 2, 1, 1)
-    w.set(1, hwm_mib=50, rss_mib=1, uss_mib=1)
-    assert len(w.collect(0.0).peaks) == MAX_WORKERS
+    for pid in range(10, 17):  # 7 workers, seen one a cycle
+        w.set(pid, hwm_mib=pid, rss_mib=1, uss_mib=1)
+        w.collect(float(pid))
+        w.exit(pid)
+    assert w.collect(20.0).peaks == tuple(m * MiB for m in range(12, 17))
+    other = FakeWorkers(tmp_path, group="php-fpm:other")
+    other.source = w.source  # one exporter, two pools
+    for pid in range(30, 34):
+        other.set(pid, hwm_mib=2, rss_mib=1, uss_mib=1)
+    assert len(other.collect(21.0).peaks) == 4
+    assert w.source.collect(Cycle(22.0, [], [], FpmView(frozenset(), {}, {}, 0), {}))[
+        "php-fpm:www"
+    ].peaks == tuple(m * MiB for m in range(13, 17))  # 8 in all: www's oldest went
 
 
 def test_unreadable_status_loses_that_worker_for_the_cycle_only(tmp_path: Path) -> None:
