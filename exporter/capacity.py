@@ -82,13 +82,13 @@ class PoolDemand:
     peaks: PoolPeaks
     max_children: int | None
     memory_limit: int | None  # bytes; None: unlimited or unknown
-    domain: str | None  # memory cgroup directory, HOST, or None (unknown)
-    headroom: int | None  # below the domain's tightest limit; None: no limit
+    domain: str  # the nearest memory cgroup directory with a limit, or HOST
+    headroom: int | None  # below the tightest limit; None: no limit
 
 
 @dataclass(frozen=True)
-class Sizing:
-    """One basis of the figures."""
+class Figures:
+    """The figures of one basis."""
 
     worker_size: int | None  # None: unknown (no peak seen, or no memory_limit)
     projected: int | None  # None: max_children or worker size unknown
@@ -99,8 +99,8 @@ class Sizing:
 class Capacity:
     shared: int
     budget: int | None  # None: neither MemAvailable nor a cgroup limit known
-    bases: dict[str, Sizing]  # by basis (BASES)
-    domain: str | None  # the memory domain (HOST or a cgroup directory)
+    bases: dict[str, Figures]  # by basis (BASES)
+    domain: str  # the memory domain (HOST or a cgroup directory)
     room: int | None  # the domain's room, before the reserve and the split
     demand: int  # what the split weighs this pool by
     peaks: PoolPeaks = NO_PEAKS
@@ -161,12 +161,10 @@ def split(room_after_reserve: int, demands: Sequence[int]) -> list[int]:
     return [room_after_reserve * d // total for d in demands]
 
 
-def sizing_of(
-    size: int | None, shared: int, max_children: int | None, budget: int | None
-) -> Sizing:
+def figures(size: int | None, shared: int, max_children: int | None, budget: int | None) -> Figures:
     projected = shared + max_children * size if max_children is not None and size else None
     recommended = max((budget - shared) // size, 0) if budget is not None and size else None
-    return Sizing(size, projected, recommended)
+    return Figures(size, projected, recommended)
 
 
 def domain_capacity(
@@ -182,8 +180,8 @@ def domain_capacity(
     for pool, weight, budget in zip(pools, demands, budgets):
         shared = shared_memory(pool.pss, pool.uss)
         bases = {
-            OBSERVED_PEAK: sizing_of(pool.peaks.size(sizing), shared, pool.max_children, budget),
-            MEMORY_LIMIT: sizing_of(
+            OBSERVED_PEAK: figures(pool.peaks.size(sizing), shared, pool.max_children, budget),
+            MEMORY_LIMIT: figures(
                 limit_size(pool.memory_limit, pool.peaks.baseline),
                 shared,
                 pool.max_children,
@@ -197,17 +195,12 @@ def domain_capacity(
 def capacities(
     pools: Sequence[PoolDemand], mem_available: int | None, reserve: float, sizing: str
 ) -> dict[str, Capacity]:
-    """Every pool's capacity by group: pools are split by memory domain; a
-    pool whose domain is unknown (None) is a domain of its own."""
+    """Every pool's capacity by group, the pools split by memory domain."""
     domains: dict[str, list[PoolDemand]] = {}
-    alone: list[PoolDemand] = []
     for p in pools:
-        if p.domain is None:
-            alone.append(p)
-        else:
-            domains.setdefault(p.domain, []).append(p)
+        domains.setdefault(p.domain, []).append(p)
     out: dict[str, Capacity] = {}
-    for members in [*domains.values(), *([p] for p in alone)]:
+    for members in domains.values():
         for p, cap in zip(members, domain_capacity(members, mem_available, reserve, sizing)):
             out[p.group] = cap
     return out

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
-from .capacity import BASES, Sizing
+from .capacity import BASES, Figures
 from .discovery import REASONS
 from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
 
@@ -240,10 +240,10 @@ _POOL_FAMILIES: tuple[tuple[str, str, str, Callable[[PoolStats], float | None]],
     ),
 )
 
-# name, help, value getter over a Sizing: per pool and basis (observed_peak:
+# name, help, value getter over a basis's Figures: per pool and basis (observed_peak:
 # the workers' peaks in the window; memory_limit: PHP's memory_limit plus the
 # workers' baseline).
-_BASIS_FAMILIES: tuple[tuple[str, str, Callable[[Sizing], int | None]], ...] = (
+_BASIS_FAMILIES: tuple[tuple[str, str, Callable[[Figures], int | None]], ...] = (
     (
         "pss_phpfpm_worker_size_bytes",
         "Worker size: p95 (or max) of the workers' peak USS in the window, or memory_limit "

@@ -47,7 +47,7 @@ def pool(
     worker_peaks: PoolPeaks | None = None,
     max_children: int | None = None,
     memory_limit: int | None = None,
-    domain: str | None = HOST,
+    domain: str = HOST,
     headroom: int | None = None,
 ) -> PoolDemand:
     return PoolDemand(group, pss, uss, worker_peaks, max_children, memory_limit, domain, headroom)
