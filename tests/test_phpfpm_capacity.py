@@ -712,3 +712,38 @@ def test_explain_pool_derives_the_exported_figures(fpm: Fpm, tmp_path: Path) -> 
     unknown = run_cli("explain", "--pool", "no-such-pool")
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("pss-exporter: error: explain: no php-fpm pool 'no-such-pool'")
+
+
+ALLOC_SCRIPT = Path(__file__).resolve().parent / "php" / "alloc.php"
+
+
+def test_respawned_workers_keep_their_pools_window(tmp_path: Path) -> None:
+    """pm.max_requests = 1: each worker serves one request holding 30 MiB,
+    then php-fpm replaces it. The exporter (serve) saw the peaks of workers
+    that are gone: the window has more workers than run, sized at the peak."""
+    name = f"respawn_{SUFFIX}"
+    listen = f"127.0.0.1:{free_port()}"
+    (tmp_path / "php-fpm.conf").write_text(
+        global_section(tmp_path) + f"[{name}]\nlisten = {listen}\npm = static\n"
+        "pm.max_children = 2\npm.max_requests = 1\n"
+    )
+    pool = Pool(name, "static", 2, 1, 128 * MIB, listen, "", 2)
+    config = write_yaml(tmp_path, "collection: {interval: 500ms}\naccounting: {enabled: false}\n")
+    query = urllib.parse.urlencode({"mib": 30, "ms": 1500})  # three collections long
+    with running_pools(tmp_path, {name: pool}) as fpm, running_exporter("--config", config) as url:
+        first = set(pool_workers(fpm.master, name))
+        with ThreadPoolExecutor(2) as threads:
+            for _ in range(2):  # two rounds: four workers, each used once
+                answers = [
+                    threads.submit(request, listen, str(ALLOC_SCRIPT), query, timeout=20)
+                    for _ in range(2)
+                ]
+                assert [a.result().body for a in answers] == [b"30", b"30"]
+        wait_until("the workers respawned", lambda: not first & set(pool_workers(fpm.master, name)))
+        time.sleep(1.5)  # a collection or two of the idle respawned workers
+        s = parse_samples(http_get(url + "/metrics")[2].decode())
+    g = pool.group
+    assert group_value(s, "pss_group_processes", g) == 2
+    assert group_value(s, "pss_phpfpm_worker_peaks", g) >= 4  # gone ones included
+    size = group_value(s, "pss_phpfpm_worker_size_bytes", g, **PEAK)
+    assert 30 * MIB <= size <= 34 * MIB
