@@ -34,7 +34,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "once": _COLLECTING,
     "check-config": (*_COLLECTING, "listen", "web_config"),
     "top": (*_COLLECTING, "once"),
-    "explain": (*_COLLECTING, "json"),
+    "explain": (*_COLLECTING, "json", "pool"),
 }
 COMMANDS = tuple(COMMAND_FLAGS)
 _UNSET = object()  # what a flag holds after parsing when it was not given
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "once: collect once and print the exposition; "
         "check-config: validate the config and exit; "
         "top: show the groups as a table, refreshed every interval; "
-        "explain: where the used memory went, component by component",
+        "explain: where the used memory went, component by component (--pool NAME: "
+        "how a php-fpm pool's capacity is derived)",
     )
     p.add_argument("--config", dest="config", metavar="FILE", help="YAML config file")
     p.add_argument(
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="top only: print one table and exit")
     p.add_argument("--json", action="store_true", help="explain only: print JSON")
+    p.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="explain only: how the capacity of php-fpm pool NAME (or group php-fpm:NAME) "
+        "is derived, figure by figure",
+    )
     p.add_argument("--version", action="version", version=f"pss-exporter {__version__}")
     option = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.epilog = "flags by command: " + "; ".join(
@@ -240,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             with _collector(args, _unbounded(config)) as collector:
                 snap = collector.collect()
             sys.stdout.buffer.write(render(snap, (TEXT,)).text)
+            return 0
+        if args.command == "explain" and args.pool is not None:
+            fpm = config.php_fpm
+            with _collector(args, _unbounded(config)) as collector:
+                snap = collector.collect()
+            view = explain.render_pool_json if args.json else explain.render_pool
+            try:
+                sys.stdout.write(view(snap, args.pool, fpm.sizing, fpm.reserve))
+            except ValueError as exc:
+                raise UsageError(f"explain: {exc}") from None
             return 0
         if args.command == "explain":
             forced = replace(config, accounting=replace(config.accounting, enabled=True))

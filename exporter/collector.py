@@ -18,12 +18,14 @@ from dataclasses import replace
 from types import TracebackType
 
 from .accounting import Accounting
+from .capacity import PoolPeaks
 from .cgroup import CgroupState
 from .classify import Classifier, Grouper
 from .config import Config
 from .discovery import list_pids
 from .host import AccountingSource, host_sources
 from .kmsg import KmsgWatcher
+from .peaks import PeaksSource
 from .phpfpm import NO_LOADS, Loads, PhpFpmSource
 from .privileges import own_process
 from .procfs import ZERO_MEMORY
@@ -81,6 +83,11 @@ class Collector:
         )
         self._cgroups = CgroupSource(self.sysfs) if config.cgroups.enabled else None
         self._pools = FpmPoolsSource(self._fpm) if self._fpm else None
+        self._peaks = (
+            PeaksSource(self.procfs, config.php_fpm.window, self._errors.count)
+            if self._fpm
+            else None
+        )
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
         self._results: dict[str, SourceResult] = {}  # the last completed cycle's, by source
@@ -126,6 +133,9 @@ class Collector:
             s = sample(p, group, p.pid in deferred, view.is_master(p))
             if s is not None:
                 samples.append(s)
+        peaks: dict[str, PoolPeaks] = {}
+        if self._peaks is not None:  # after the reads: this cycle's RSS and USS
+            peaks = run.run(self._peaks, cycle, {})
         host = self._host
         meminfo = run.run(host.meminfo, cycle, None) or {}
         oom_kills = run.run(host.vmstat, cycle, None)
@@ -170,7 +180,7 @@ class Collector:
             },
             budget_exhausted=self._scheduler.budget_exhausted,
             large_reads=large_reads(procs, groups, self.config.collection.large_rss),
-            pools=pool_stats(pools, group_stats, available, cgroups, self.config.php_fpm),
+            pools=pool_stats(pools, group_stats, available, cgroups, peaks, self.config.php_fpm),
             cgroups=cgroups,
             host_oom_kills=oom_kills,
             host_pressure=pressure,

@@ -59,8 +59,9 @@ class PoolOverride:
 class PhpFpmConfig:
     enabled: bool = True
     status_timeout: float = 1.0
-    sizing: str = "p95"  # worker size for capacity: p95 or max of worker USS
+    sizing: str = "p95"  # worker size for capacity: p95 or max of the workers' peak USS
     reserve: float = 0.1  # share of the budget kept free
+    window: float = 3600.0  # seconds the workers' peaks are kept (peaks.py)
     pools: dict[str, PoolOverride] = field(default_factory=dict)  # by pool or group name
 
 
@@ -235,7 +236,7 @@ class _Section:
 
 
 def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
-    fpm.reject_unknown({"enabled", "status_timeout", "sizing", "reserve", "pools"})
+    fpm.reject_unknown({"enabled", "status_timeout", "sizing", "reserve", "window", "pools"})
     sizing = fpm.data.get("sizing", "p95")
     if sizing not in ("p95", "max"):
         raise fpm.error("sizing", f"must be p95 or max, got {excerpt(sizing)}")
@@ -249,6 +250,8 @@ def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
             "status_timeout",
             f"must be at most half of collection.interval ({duration_text(interval)})",
         )
+    # At least one interval: a shorter window would forget each peak before the next cycle.
+    window = fpm.duration("window", 3600.0, minimum=interval)
     pools_section = fpm.sub("pools")
     pools = {}
     for name, data in pools_section.data.items():
@@ -269,6 +272,7 @@ def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
         status_timeout=status_timeout,
         sizing=sizing,
         reserve=float(reserve),
+        window=window,
         pools=pools,
     )
 

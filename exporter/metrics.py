@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
+from .capacity import BASES, Figures
 from .discovery import REASONS
 from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
 
@@ -217,23 +218,47 @@ _POOL_FAMILIES: tuple[tuple[str, str, str, Callable[[PoolStats], float | None]],
         lambda p: p.capacity.shared,
     ),
     (
-        "pss_phpfpm_projected_bytes",
-        "gauge",
-        "Memory if all max_children workers ran: shared + max_children x worker USS (p95 or max)",
-        lambda p: p.capacity.projected,
-    ),
-    (
         "pss_phpfpm_budget_bytes",
         "gauge",
-        "Memory the pool may use: its PSS plus MemAvailable or its cgroup's headroom, "
-        "whichever is smaller, less the reserve",
+        "Memory the pool may use: its share, in proportion to its peak demand, of its memory "
+        "domain's room (the domain's pools' PSS plus MemAvailable or the cgroup headroom, "
+        "whichever is smaller), less the reserve",
         lambda p: p.capacity.budget,
     ),
     (
-        "pss_phpfpm_recommended_max_children",
+        "pss_phpfpm_domain_room_bytes",
         "gauge",
-        "floor((budget - shared) / worker USS (p95 or max))",
-        lambda p: p.capacity.recommended,
+        "Memory the pools of this pool's memory domain (its cgroup with a limit, or the host) "
+        "can use together, before the reserve",
+        lambda p: p.capacity.room,
+    ),
+    (
+        "pss_phpfpm_worker_peaks",
+        "gauge",
+        "Workers whose peak is in the window (php_fpm.window)",
+        lambda p: len(p.capacity.peaks.peaks),
+    ),
+)
+
+# name, help, value getter over a basis's Figures: per pool and basis (observed_peak:
+# the workers' peaks in the window; memory_limit: PHP's memory_limit plus the
+# workers' baseline).
+_BASIS_FAMILIES: tuple[tuple[str, str, Callable[[Figures], int | None]], ...] = (
+    (
+        "pss_phpfpm_worker_size_bytes",
+        "Worker size: p95 (or max) of the workers' peak USS in the window, or memory_limit "
+        "plus the least worker USS",
+        lambda s: s.worker_size,
+    ),
+    (
+        "pss_phpfpm_projected_bytes",
+        "Memory if all max_children workers ran at the worker size: shared + max_children x size",
+        lambda s: s.projected,
+    ),
+    (
+        "pss_phpfpm_recommended_max_children",
+        "floor((budget - shared) / worker size)",
+        lambda s: s.recommended,
     ),
 )
 
@@ -246,6 +271,14 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
             value = get(pool)
             if value is not None:
                 fam.add_metric([pool.info.group], value)
+        yield fam
+    for name, doc, of in _BASIS_FAMILIES:
+        fam = GaugeMetricFamily(name, doc + BACKGROUND, labels=["group", "basis"])
+        for pool in snap.pools:
+            for basis in BASES:
+                value = of(pool.capacity.bases[basis])
+                if value is not None:
+                    fam.add_metric([pool.info.group, basis], value)
         yield fam
     processes = GaugeMetricFamily(
         "pss_phpfpm_processes",

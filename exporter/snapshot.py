@@ -6,13 +6,21 @@ metrics, web and CLI views show is computed here, once per collection.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .accounting import Accounting
-from .capacity import Capacity, pool_capacity, quantile
+from .capacity import (
+    HOST,
+    NO_PEAKS,
+    Capacity,
+    PoolDemand,
+    PoolPeaks,
+    capacities,
+    nearest_rank,
+    quantile,
+)
 from .cgroup import CgroupState
 from .config import PhpFpmConfig
 from .phpfpm_config import PoolSettings
@@ -165,12 +173,6 @@ class Snapshot:
         return self.started + self.duration
 
 
-def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
-    """The nearest-rank quantile: an actual member's value, never interpolated."""
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def distribution(values: list[int]) -> Distribution:
     values.sort()
     if not values:
@@ -226,22 +228,28 @@ def pool_stats(
     groups: tuple[GroupStats, ...],
     mem_available: int | None,
     cgroups: dict[str, CgroupState],
+    peaks: dict[str, PoolPeaks],
     fpm: PhpFpmConfig,
 ) -> tuple[PoolStats, ...]:
-    """Join each pool with its group's memory and compute its capacity."""
+    """Join each pool with its group's memory, its cgroup and its workers'
+    peaks, and compute the capacities of the pools of each memory domain."""
     by_name = {g.name: g for g in groups}
-    out = []
-    for info in sorted(infos, key=lambda i: i.group):
+    infos = tuple(sorted(infos, key=lambda i: i.group))
+    demands = []
+    for info in infos:
         g = by_name.get(info.group)  # None: a configured pool with no worker alive
-        capacity = pool_capacity(
-            g.pss if g else 0,
-            g.uss if g else 0,
-            g.worker_uss.quantiles if g else (),
-            info.max_children,
-            mem_available,
-            cgroups[info.group].headroom if info.group in cgroups else None,
-            fpm.reserve,
-            fpm.sizing,
+        cg = cgroups.get(info.group)
+        demands.append(
+            PoolDemand(
+                group=info.group,
+                pss=g.pss if g else 0,
+                uss=g.uss if g else 0,
+                peaks=peaks.get(info.group, NO_PEAKS),
+                max_children=info.max_children,
+                memory_limit=info.settings.memory_limit if info.settings else None,
+                domain=(cg.domain if cg else None) or HOST,
+                headroom=cg.headroom if cg else None,
+            )
         )
-        out.append(PoolStats(info, capacity))
-    return tuple(out)
+    found = capacities(demands, mem_available, fpm.reserve, fpm.sizing)
+    return tuple(PoolStats(info, found[info.group]) for info in infos)

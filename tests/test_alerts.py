@@ -224,7 +224,10 @@ BAD_KNOBS = {
 def test_budget_ratios_may_pass_one(tmp_path: Path) -> None:
     text = generated(tmp_path, "overcommitted_ratio: 1.2\n")
     rule = alerts_of(text)["PhpFpmPoolOvercommitted"]
-    assert rule["expr"] == "pss_phpfpm_projected_bytes / pss_phpfpm_budget_bytes > 1.2"
+    assert rule["expr"] == (
+        'pss_phpfpm_projected_bytes{basis="observed_peak"} / ignoring(basis) '
+        "pss_phpfpm_budget_bytes > 1.2"
+    )
 
 
 @pytest.mark.parametrize("case", BAD_KNOBS)
