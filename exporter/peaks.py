@@ -86,8 +86,8 @@ def window_peaks(
 class PeaksSource:
     """The peaks of every pool's workers over the window (a source: see sources.py)."""
 
-    # Timed with the rest of php-fpm (sources.FpmPoolsSource): one source, three steps.
-    name = "php-fpm"
+    # Its own input (/proc/PID/status of the workers), so its own health.
+    name = "phpfpm_peaks"
 
     def __init__(self, procfs: str, window: float, count_error: Callable[[str], None]) -> None:
         self.procfs = procfs

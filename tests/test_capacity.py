@@ -297,7 +297,23 @@ def test_recommendation_at_idle_is_that_under_load(tmp_path: Path) -> None:
         pss = sum(int((u + 2) * MiB) for u in workers_uss)
         uss = sum(int(u * MiB) for u in workers_uss)
         dist = Distribution((), uss, len(workers_uss))
-        g = GroupStats("php-fpm:www", 4, 0, 0, pss, pss, uss, 0, 0, None, None, None, dist, dist)
+        g = GroupStats(
+            "php-fpm:www",
+            4,
+            0,
+            0,
+            pss,
+            pss,
+            uss,
+            0,
+            0,
+            None,
+            None,
+            None,
+            dist,
+            dist,
+            len(workers_uss),
+        )
         state = CgroupState(other + pss, limit, 0, None, limit - other - pss, "/cg")
         info = PoolInfo("php-fpm:www", None, 10, None, False)
         (stats,) = pool_stats(
@@ -461,7 +477,9 @@ def test_explain_pool_prints_the_derivation() -> None:
 def test_the_docs_show_what_explain_pool_prints() -> None:
     """docs/phpfpm-capacity.md's `explain --pool` block is the worked example's output."""
     d = Distribution((), 20 * MiB, 20)
-    g = GroupStats("php-fpm:www", 21, 0, 0, 0, 120 * MiB, 20 * MiB, 0, 0, None, None, None, d, d)
+    g = GroupStats(
+        "php-fpm:www", 21, 0, 0, 0, 120 * MiB, 20 * MiB, 0, 0, None, None, None, d, d, 20
+    )
     settings = PoolSettings("www", "static", 50, None, None, None, 0, None, None, 128 * MiB)
     info = PoolInfo("php-fpm:www", settings, 50, None, False)
     window = {"php-fpm:www": peaks(*[40] * 19, 61, baseline=1)}

@@ -62,6 +62,7 @@ def by_name(snap: Snapshot) -> dict[str, bool]:
 SOURCES = {
     "phpfpm_config": True,
     "phpfpm_status": True,
+    "phpfpm_peaks": True,
     "meminfo": True,
     "vmstat": False,
     "zoneinfo": False,
