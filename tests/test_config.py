@@ -106,12 +106,12 @@ def test_long_string_is_cut_and_escaped(tmp_path: Path, key: str) -> None:
 def test_long_template_is_cut(tmp_path: Path) -> None:
     name = "{{.Nope" + "x" * 100_000 + "}}"
     message = rejected(tmp_path, f"process_names:\n  - comm: [x]\n    name: '{name}'\n")
-    assert ": process_names[0].name: unknown template field '.Nopexxx" in message
+    assert ": process_names[0].name: unknown template field .Nopexxx" in message
 
 
 def test_unknown_key_with_newline_is_one_line(tmp_path: Path) -> None:
-    message = rejected(tmp_path, '"max_groups\\n5": 1\n')
-    assert message.endswith(": 'max_groups\\n5': unknown key"), message
+    message = rejected(tmp_path, 'collection:\n  "interval\\n5": 1\n')
+    assert message.endswith(": collection.'interval\\n5': unknown key"), message
 
 
 def test_long_unknown_key_is_cut(tmp_path: Path) -> None:
