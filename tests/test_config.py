@@ -369,7 +369,7 @@ def test_unknown_top_level_and_rule_keys_warn_in_one_line(
     # process-exporter ignores them: a config written for it loads here.
     config = loaded(
         tmp_path,
-        "gather_smaps: true\n\"x\\ny\": 1\nprocess_names:\n  - comm: [a]\n    bogus: 1\n",
+        'gather_smaps: true\n"x\\ny": 1\nprocess_names:\n  - comm: [a]\n    bogus: 1\n',
     )
     assert len(config.process_names) == 1
     path = tmp_path / "c.yaml"

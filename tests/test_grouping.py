@@ -199,7 +199,7 @@ def test_unmatched_optional_capture_is_empty() -> None:
 )
 def test_regexes_mean_what_they_mean_in_go(pattern: str, text: str, matches: bool) -> None:
     # The same pattern means the same thing in Go's RE2 and here.
-    assert (compile_go_regex(pattern).captures(text) is not None) is matches
+    assert (compile_go_regex(pattern).captures(text.encode()) is not None) is matches
 
 
 def test_matches_holds_what_process_exporter_stores() -> None:
