@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.gotemplate import GoTime, TemplateError, parse
 from exporter.grouping import compile_rule, go_base
@@ -159,3 +161,57 @@ def test_an_empty_name_is_the_rules_key_so_no_two_rules_merge() -> None:
     second = compile_rule({"name": '{{index .Matches "y"}}', "comm": ["b"]}, "process_names[1]")
     assert first.match(_Proc("a", ("b",))) == "process_names[0]"
     assert second.match(_Proc("b", ("b",))) == "process_names[1]"
+
+
+# Pieces templates are made of, valid and not: any mix parses into a
+# template or is refused with a TemplateError, and a template renders.
+PIECES = [
+    "{{",
+    "}}",
+    "{{- ",
+    " -}}",
+    ".Comm",
+    ".Matches.arg",
+    ".Matches",
+    ".Cgroups",
+    ".PID",
+    ".StartTime",
+    " | ",
+    "printf ",
+    '"%s" ',
+    '"%5.2q %d %v %x" ',
+    "len ",
+    "index ",
+    "slice ",
+    "eq ",
+    "lt ",
+    "and ",
+    "or ",
+    "not ",
+    "print ",
+    "if ",
+    "else ",
+    "end",
+    "(",
+    ")",
+    "0 ",
+    "-1 ",
+    "99 ",
+    "nil ",
+    "true ",
+    "/* x */",
+    "text",
+    '"\\u00e9"',
+    "$x",
+]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_any_template_parses_or_is_refused_and_renders(pieces: list[str]) -> None:
+    try:
+        template = parse("".join(pieces))
+    except TemplateError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert isinstance(template.render(FIELDS.__getitem__), str)
