@@ -95,6 +95,10 @@ class Classifier:
             if not fpm:
                 raise
             group = None  # grouped by its title, if trusted
+        if group is None and self.config.children and parent is not None:
+            # process-exporter's -children: a process no rule names joins its
+            # parent's group (the parent's own, or the one it joined).
+            group = parent.group
         return Proc(pid, st, group, role, fpm or group is not None, provisional)
 
 

@@ -72,6 +72,7 @@ class Collector:
             self._errors,
             use_statm=cc.max_age > 0,
             cgroups=config.cgroups.enabled,
+            kernel_threads=any(rule.matches_without_argv for rule in config.process_names),
         )
         self._grouper = Grouper(config.max_groups, self._fpm)
         self._scheduler = Scheduler(cc, self.procfs, clock, self._errors, self._tracker.forget)
@@ -202,7 +203,7 @@ def sample(p: Proc, group: str, deferred: bool, is_master: bool) -> Sample | Non
     """What a process contributes to its group this cycle; None when it
     vanished or was garbled during this cycle's read."""
     is_worker = not is_master
-    if p.state == "Z":  # a zombie holds no memory and is no worker
+    if not p.holds_memory:  # a zombie or a kernel thread: no memory, no worker
         return Sample(group, ZERO_MEMORY, False)
     if p.unreadable:
         return Sample(group, None, is_worker, unreadable=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -279,18 +279,38 @@ def test_odd_comm_names(tmp_path: Path) -> None:
     check_exporter(samples, scanned=4)
 
 
-def test_kernel_threads_are_left_out(tmp_path: Path) -> None:
-    # The rule names the kernel threads too: only the PF_KTHREAD flag keeps them out.
+SSHD = Group(1, 2000, 1200, 9000, (1200, 800, 0), one(2000), one(1200))
+KTHREAD = Group(1, 0, 0, 0, (0, 0, 0), NO_WORKERS, NO_WORKERS)
+
+
+def test_kernel_threads_are_left_out_by_the_built_in_rule(tmp_path: Path) -> None:
+    samples = once(tmp_path, TREES / "kernel-threads", BY_COMM)
+    check_groups(samples, {"sshd": SSHD})
+    check_exporter(samples, scanned=3)
+
+
+def test_kernel_threads_a_comm_rule_names_are_counted_with_no_memory(tmp_path: Path) -> None:
+    # As process-exporter: an explicit comm rule groups kernel threads; their
+    # smaps_rollup (ESRCH on a live host) is never read.
     config = """
+children: false
 process_names:
   - name: "{{.Comm}}"
     comm: [kthreadd, kworker/0:1-events, sshd]
 """
     samples = once(tmp_path, TREES / "kernel-threads", config)
-    check_groups(
-        samples, {"sshd": Group(1, 2000, 1200, 9000, (1200, 800, 0), one(2000), one(1200))}
-    )
+    check_groups(samples, {"sshd": SSHD, "kthreadd": KTHREAD, "kworker/0:1-events": KTHREAD})
     check_exporter(samples, scanned=3)
+
+
+def test_kernel_threads_join_kthreadd_with_children(tmp_path: Path) -> None:
+    config = """
+process_names:
+  - name: "{{.Comm}}"
+    comm: [kthreadd, sshd]
+"""
+    samples = once(tmp_path, TREES / "kernel-threads", config)
+    check_groups(samples, {"sshd": SSHD, "kthreadd": replace(KTHREAD, processes=2)})
 
 
 def test_zombie_counts_as_a_process_with_no_memory(tmp_path: Path) -> None:
