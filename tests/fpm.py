@@ -4,13 +4,20 @@ and what a fake procfs tree needs for a master the exporter trusts."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from exporter.fastcgi import FastCGIError, request
+
 from conftest import free_port, require_binary, running, wait_until
+
+ALLOC = Path(__file__).resolve().parent / "php" / "alloc.php"
 
 MASTER_TITLE = "php-fpm: master process"
 POOL_TITLE = "php-fpm: pool "
@@ -135,3 +142,34 @@ def running_fpm(
             detail=lambda: f"running: {workers(proc.pid)}\n{logs(conf)}",
         )
         yield proc
+
+
+@contextmanager
+def clients(
+    listen: str, count: int, mib: tuple[int, int], hold_ms: int, seed: int = 15
+) -> Iterator[None]:
+    """count threads sending alloc.php requests to the pool at listen, each
+    holding a size drawn from mib (MiB) for hold_ms, each asking again as soon
+    as answered, until the block ends. A request whose worker was killed is
+    simply sent again."""
+    stop = threading.Event()
+    rng = random.Random(seed)
+    sizes = [rng.randint(*mib) for _ in range(256)]
+
+    def client(n: int) -> None:
+        i = n
+        while not stop.is_set():
+            i += count
+            query = f"mib={sizes[i % len(sizes)]}&ms={hold_ms}"
+            with contextlib.suppress(FastCGIError, OSError):  # killed mid-request
+                request(listen, str(ALLOC), query, timeout=3)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(count)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fpm import global_section, running_fpm
+from fpm import ALLOC, global_section, running_fpm
 from test_oom import MemoryCgroup, _memory_roots, _remove
 
 from exporter.fastcgi import FastCGIError, request
@@ -52,7 +52,6 @@ WARM = 8  # CRAWLED's max_children while the exporter learns: 8 x 26 MiB fits
 LOAD_SECONDS = 20.0
 SUFFIX = uuid.uuid4().hex[:8]
 CRAWLED, SMALL = f"crawled_{SUFFIX}", f"small_{SUFFIX}"
-ALLOC = Path(__file__).resolve().parent / "php" / "alloc.php"
 FIGURES = Path("/tmp") / f"pss-capacity-acid-{SUFFIX}.json"
 
 

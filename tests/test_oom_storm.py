@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fpm import MASTER_TITLE, cmdline, global_section, running_fpm
+from fpm import MASTER_TITLE, clients, cmdline, global_section, running_fpm
 
 from exporter.collector import Collector
 from exporter.config import Config, load_config
-from exporter.fastcgi import FastCGIError, request
 from exporter.snapshot import Snapshot
 
 from conftest import MEMORY_LIMIT, wait_until
@@ -44,7 +42,6 @@ HOLD_MIB = (8, 40)  # what one request holds: WORKERS x 24 MiB on average >> MEM
 HOLD_MS = 300
 FREEZES = 6  # at least; more until both storm shapes were caught frozen
 STORM_SECONDS = 30.0  # bound on the storm
-ALLOC = Path(__file__).resolve().parent / "php" / "alloc.php"
 
 
 @dataclass(frozen=True)
@@ -153,32 +150,6 @@ class Freezer:
         self.path.rmdir()
 
 
-@contextmanager
-def storm(listen: str) -> Iterator[None]:
-    """CLIENTS threads sending alloc.php requests until the block ends."""
-    stop = threading.Event()
-    rng = random.Random(15)
-    sizes = [rng.randint(*HOLD_MIB) for _ in range(256)]
-
-    def client(n: int) -> None:
-        i = n
-        while not stop.is_set():
-            i += CLIENTS
-            query = f"mib={sizes[i % len(sizes)]}&ms={HOLD_MS}"
-            with contextlib.suppress(FastCGIError, OSError):  # killed mid-request
-                request(listen, str(ALLOC), query, timeout=3)
-
-    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-
-
 def oom_kills(cgroup: Path) -> int:
     name = "memory.oom_control" if (cgroup / "memory.oom_control").exists() else "memory.events"
     for line in (cgroup / name).read_text().splitlines():
@@ -232,7 +203,7 @@ def test_pool_counts_equal_the_kernels_in_an_oom_storm(
         with (
             running_fpm(conf, {pool: WORKERS}, cgroup=limited_cgroup, graceful=False) as fpm,
             Collector(config) as serve,
-            storm(listen),
+            clients(listen, CLIENTS, HOLD_MIB, HOLD_MS),
         ):
             freezer.join(fpm.pid)
             deadline = time.monotonic() + STORM_SECONDS
