@@ -18,12 +18,13 @@ from dataclasses import replace
 from types import TracebackType
 
 from .accounting import Accounting
-from .cgroup import CgroupState
 from .classify import Classifier, Grouper
 from .config import Config
+from .counters import Monotonic
 from .discovery import list_pids
 from .host import NO_HOST, AccountingSource, HostSource
 from .kmsg import KmsgWatcher
+from .oom import OomAttribution
 from .phpfpm import PhpFpmSource
 from .privileges import own_process
 from .procfs import ZERO_MEMORY
@@ -32,13 +33,21 @@ from .snapshot import (
     DEFERRED,
     READ,
     REUSED,
+    STATUS_COUNTERS,
     PoolInfo,
     Sample,
     Snapshot,
     aggregate,
     pool_stats,
 )
-from .sources import CgroupSource, Cycle, FpmPoolsSource, KernelLogSource, SourceRunner
+from .sources import (
+    CgroupReport,
+    CgroupSource,
+    Cycle,
+    FpmPoolsSource,
+    KernelLogSource,
+    SourceRunner,
+)
 from .tracking import Proc, ReadErrors, Tracker
 
 
@@ -82,6 +91,8 @@ class Collector:
         self._pools = FpmPoolsSource(self._fpm) if self._fpm else None
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
+        self._ooms = OomAttribution()
+        self._counters: Monotonic[tuple[str, ...]] = Monotonic()
 
     def close(self) -> None:
         """Stop the kernel-log reader and the thread pools; collect() no more."""
@@ -126,17 +137,25 @@ class Collector:
         if self._accounting is not None:
             accounting = run.run(self._accounting, cycle, None)
         group_stats = aggregate(samples)
-        cgroups: dict[str, CgroupState] = {}
+        report: CgroupReport | None = None
         if self._cgroups is not None:
-            cgroups = run.run(self._cgroups, cycle, {})
+            report = run.run(self._cgroups, cycle, None)
+        cgroups = report.states if report else {}
         pools: tuple[PoolInfo, ...] = ()
         if pools_source is not None:
-            pools = run.run(pools_source, cycle, ())
-        kills = {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
+            pools = tuple(self._monotonic_status(p) for p in run.run(pools_source, cycle, ()))
+        victims = None
         if self._kernel_log is not None:
-            # Where a group has cgroups of its own, their counter wins.
-            for group, count in run.run(self._kernel_log, cycle, {}).items():
-                kills.setdefault(group, count)
+            victims = run.run(self._kernel_log, cycle, None)
+        self._ooms.update(
+            now,
+            zip((p.pid for p in procs), groups),
+            report.units if report else None,
+            victims or (),
+        )
+        # Every group is present from 0 while some source counts its kills,
+        # so that increase() sees a group's first one.
+        counted = self._cgroups is not None or victims is not None
         available = host.meminfo.get("MemAvailable")
         return Snapshot(
             groups=group_stats,
@@ -156,16 +175,39 @@ class Collector:
             large_reads=large_reads(procs, groups, self.config.collection.large_rss),
             pools=pool_stats(pools, group_stats, available, cgroups, self.config.php_fpm),
             cgroups=cgroups,
-            host_oom_kills=host.oom_kills,
-            host_pressure=host.pressure,
+            host_oom_kills=self._host_counter(("vmstat", "oom_kill"), host.oom_kills),
+            host_pressure=None
+            if host.pressure is None
+            else {
+                k: self._host_counter(("pressure", k), v) or 0.0 for k, v in host.pressure.items()
+            },
             accounting=accounting,
-            group_oom_kills=kills,
+            group_oom_kills=self._ooms.counts(groups) if counted else {},
+            oom_unattributed=self._ooms.unattributed if counted else None,
             kmsg_up=self._kmsg.available if self._kmsg else None,
             phpfpm_config_errors=self._fpm.config_errors if self._fpm else 0,
             phpfpm_untrusted=view.untrusted,
             sources=run.results(),
             own=own_process(),
         )
+
+    def _host_counter(self, key: tuple[str, ...], reading: float | None) -> float | None:
+        """A host file's counter made never to fall; None while unread."""
+        self._counters.feed(key, "host", reading)
+        return self._counters.value(key) if reading is not None else None
+
+    def _monotonic_status(self, pool: PoolInfo) -> PoolInfo:
+        """pool with its status page's counters summed over the php-fpm
+        masters that served it (a restart resets them): never falling."""
+        status = pool.status
+        if status is None:
+            return pool
+        counters = {}
+        for name in STATUS_COUNTERS:
+            key = ("php-fpm", pool.group, name)
+            self._counters.feed(key, pool.master, getattr(status, name))
+            counters[name] = int(self._counters.value(key) or 0)
+        return replace(pool, status=replace(status, **counters))
 
 
 def sample(p: Proc, group: str, deferred: bool) -> Sample | None:
