@@ -55,9 +55,33 @@ class FpmView(NamedTuple):
     masters: dict[int, FpmMaster]  # the trusted masters, by PID
     names: dict[tuple[str, int], str]  # (pool, master PID) -> group, running or configured
     untrusted: int  # processes titled as php-fpm, not trusted
+    # PIDs of status-pool workers (see status_pool), grouped with the pool they serve
+    status: frozenset[int] = frozenset()
 
 
 NO_FPM = FpmView(frozenset(), {}, {}, 0)
+STATUS_SUFFIX = "_status"
+
+
+def _status_pools(
+    running: list[tuple[str, int]], configured: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[str, int]]:
+    """The status pools among the running ones, each with the pool it serves.
+
+    With pm.status_listen, php-fpm (>= 8.0) forks a pool of its own, titled
+    "pool POOL_status", to answer POOL's status page on that socket. It is
+    no pool of the config: a running pool POOL_status of a master that runs
+    or configures POOL and configures no POOL_status (on a master's first
+    cycle, before its config is read, a configured POOL_status beside POOL is
+    taken for one too). Its process counts with POOL, as no worker of it,
+    and no capacity is made for it."""
+    known = {*running, *configured}
+    out = {}
+    for name, pid in running:
+        base = name.removesuffix(STATUS_SUFFIX)
+        if base != name and (base, pid) in known and (name, pid) not in configured:
+            out[(name, pid)] = (base, pid)
+    return out
 
 
 class Classifier:
@@ -151,12 +175,16 @@ class Grouper:
         # not change when its last worker exits or its first one starts, and
         # a running pool cannot take the name of an idle one.
         running = [(role.name, p.ppid) for p, role in workers]
-        pools = dict.fromkeys([*running, *self._fpm.configured(masters)])
+        configured = list(self._fpm.configured(masters))
+        served = _status_pools(running, configured)
+        pools = dict.fromkeys([*(r for r in running if r not in served), *configured])
         names = fpm_pool_groups(pools, masters)
+        names.update({pool: names[(name, pid)] for pool, (name, pid) in served.items()})
         trusted = frozenset(masters).union(p.pid for p, _ in workers)
         untrusted = [p for p, _ in claims if p.pid not in trusted]
         self._log_untrusted(untrusted)
-        return FpmView(trusted, masters, names, len(untrusted))
+        status = frozenset(p.pid for p, role in workers if (role.name, p.ppid) in served)
+        return FpmView(trusted, masters, names, len(untrusted), status)
 
     def _log_untrusted(self, untrusted: list[Proc]) -> None:
         """One warning per cycle at most, naming the untrusted processes not

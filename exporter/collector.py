@@ -128,7 +128,7 @@ class Collector:
         deferred = self._scheduler.read(due, now)
         samples = []
         for p, group in zip(procs, groups):
-            s = sample(p, group, p.pid in deferred)
+            s = sample(p, group, p.pid in deferred, p.pid in view.status)
             if s is not None:
                 samples.append(s)
         host = run.run(self._host, cycle, NO_HOST)
@@ -210,10 +210,11 @@ class Collector:
         return replace(pool, status=replace(status, **counters))
 
 
-def sample(p: Proc, group: str, deferred: bool) -> Sample | None:
+def sample(p: Proc, group: str, deferred: bool, status_pool: bool) -> Sample | None:
     """What a process contributes to its group this cycle; None when it
-    vanished or was garbled during this cycle's read."""
-    is_worker = not p.is_master
+    vanished or was garbled during this cycle's read. A php-fpm master and
+    a status pool's process (classify._status_pools) are no workers."""
+    is_worker = not p.is_master and not status_pool
     if p.state == "Z":  # a zombie holds no memory and is no worker
         return Sample(group, ZERO_MEMORY, False)
     if p.unreadable:

@@ -33,7 +33,8 @@ class Sample(NamedTuple):
     memory is None when its smaps could not be read (unreadable: permission
     denied) or has not been read yet (stale: deferred by the time budget).
     stale with memory set means the values are from an earlier cycle.
-    Workers are all processes except php-fpm masters and zombies.
+    Workers are all processes except php-fpm masters, status-pool processes
+    and zombies.
     """
 
     group: str

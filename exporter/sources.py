@@ -229,8 +229,8 @@ def pool_refs(cycle: Cycle) -> list[PoolRef]:
     view = cycle.view
     refs: dict[str, PoolRef] = {}
     for p, group in zip(cycle.procs, cycle.groups):
-        if p.pid not in view.trusted or p.fpm is None or p.is_master:
-            continue
+        if p.pid not in view.trusted or p.fpm is None or p.is_master or p.pid in view.status:
+            continue  # a status pool's process is not its pool's worker
         if group == OTHER_GROUP or group in refs:
             continue
         refs[group] = PoolRef(group, p.fpm.name, p.ppid, view.masters[p.ppid].conf, p.pid)

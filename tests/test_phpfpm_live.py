@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fpm import MASTER_TITLE, all_pids, cmdline, running_fpm, workers, write_static_config
 
-from conftest import group_value, parse_samples, run_cli
+from conftest import free_port, group_value, parse_samples, run_cli
 
 pytestmark = pytest.mark.live
 
@@ -81,8 +81,7 @@ def test_pools_grouped_with_hand_summed_smaps_rollup(fpm: Fpm) -> None:
     for pool, pids in fpm.workers.items():
         group = f"php-fpm:{pool}"
         assert group_value(s, "pss_group_processes", group) == len(pids) == POOLS[pool]
-        assert group_value(s, "pss_group_worker_pss_bytes_count", group) == len(pids)
-        assert group_value(s, "pss_group_worker_uss_bytes_count", group) == len(pids)
+        assert group_value(s, "pss_group_workers", group) == len(pids)
         for metric in ("pss", "uss", "rss"):
             value = group_value(s, f"pss_group_{metric}_bytes", group)
             expected = (before[pool][metric], after[pool][metric])
@@ -98,4 +97,31 @@ def test_pools_grouped_with_hand_summed_smaps_rollup(fpm: Fpm) -> None:
     # machine). The workers' private pages dominate theirs; the master's do not.
     master_pss = group_value(s, "pss_group_pss_bytes", "php-fpm:master")
     assert master_pss >= 0.9 * min(master_before, master_after), (master_before, master_after)
-    assert group_value(s, "pss_group_worker_pss_bytes_count", "php-fpm:master") == 0
+    assert group_value(s, "pss_group_workers", "php-fpm:master") == 0
+
+
+def test_status_pool_counts_with_the_pool_it_serves(tmp_path: Path) -> None:
+    """pm.status_listen makes php-fpm fork a pool "POOL_status" of its own:
+    it is no pool (no group, no capacity), its process counts in POOL's
+    group, as no worker of it."""
+    pool = f"crawl_{SUFFIX}"
+    conf = write_static_config(tmp_path, {pool: 2})
+    status_port = free_port()
+    conf.write_text(
+        conf.read_text()
+        + f"pm.status_path = /status\npm.status_listen = 127.0.0.1:{status_port}\n"
+    )
+    with running_fpm(conf, {pool: 2, f"{pool}_status": 1}) as proc:
+        found = workers(proc.pid)
+        result = run_cli("once")
+    assert result.returncode == 0, result.stderr
+    s = parse_samples(result.stdout)
+    group = f"php-fpm:{pool}"
+    assert len(found[f"{pool}_status"]) == 1
+    assert group_value(s, "pss_group_processes", group) == 3  # 2 workers and the status process
+    assert group_value(s, "pss_group_workers", group) == 2
+    assert group_value(s, "pss_phpfpm_max_children", group) == 2
+    assert group_value(s, "pss_phpfpm_status_up", group) == 1
+    assert ("pss_phpfpm_recommended_max_children", frozenset({("group", group)})) in s
+    groups = {dict(labels).get("group") for _, labels in s}
+    assert f"{group}_status" not in groups
