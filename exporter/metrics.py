@@ -170,7 +170,7 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
     yield errors
     yield CounterMetricFamily(
         "pss_exporter_groups_overflow_total",
-        'Processes put into group "other" because max_groups was reached',
+        "Processes put into the group named other because max_groups was reached",
         value=snap.groups_overflow,
     )
     info = GaugeMetricFamily(
