@@ -234,7 +234,7 @@ def expected_capacity(samples: dict, pool: Pool, reserve: float) -> dict[str, in
     g = pool.group
     pss = int(group_value(samples, "pss_group_pss_bytes", g))
     shared = pss - int(group_value(samples, "pss_group_uss_bytes", g))
-    size = int(group_value(samples, "pss_group_worker_uss_bytes", g, quantile="0.95"))
+    size = int(group_value(samples, "pss_group_worker_uss_p95_bytes", g))
     available = int(host_value(samples, "pss_host_memory_available_bytes"))
     budget = int((pss + available) * (1 - reserve))
     max_children = int(group_value(samples, "pss_phpfpm_max_children", g))
@@ -260,8 +260,8 @@ def exported_capacity(samples: dict, pool: Pool) -> dict[str, int]:
 
 def worker_uss_quantiles(samples: dict, pool: Pool) -> dict[str, int]:
     return {
-        q: int(group_value(samples, "pss_group_worker_uss_bytes", pool.group, quantile=q))
-        for q in ("0.5", "0.95", "1.0")
+        q: int(group_value(samples, f"pss_group_worker_uss_{suffix}_bytes", pool.group))
+        for q, suffix in (("0.5", "median"), ("0.95", "p95"), ("1.0", "max"))
     }
 
 
@@ -370,7 +370,7 @@ def test_saturated_pool_keeps_memory_metrics(fpm: Fpm, tmp_path: Path) -> None:
     assert group_value(s, "pss_phpfpm_status_up", g) == 0
     assert group_value(s, "pss_group_processes", g) == pool.workers
     assert group_value(s, "pss_group_pss_bytes", g) > 0
-    assert group_value(s, "pss_group_worker_uss_bytes_count", g) == pool.workers
+    assert group_value(s, "pss_group_workers", g) == pool.workers
     assert group_value(s, "pss_phpfpm_max_children", g) == pool.max_children
     assert group_value(s, "pss_phpfpm_recommended_max_children", g) > 0
     status_only = ("pss_phpfpm_listen_queue", "pss_phpfpm_accepted_connections_total")

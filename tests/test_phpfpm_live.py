@@ -108,8 +108,7 @@ def test_status_pool_counts_with_the_pool_it_serves(tmp_path: Path) -> None:
     conf = write_static_config(tmp_path, {pool: 2})
     status_port = free_port()
     conf.write_text(
-        conf.read_text()
-        + f"pm.status_path = /status\npm.status_listen = 127.0.0.1:{status_port}\n"
+        conf.read_text() + f"pm.status_path = /status\npm.status_listen = 127.0.0.1:{status_port}\n"
     )
     with running_fpm(conf, {pool: 2, f"{pool}_status": 1}) as proc:
         found = workers(proc.pid)
