@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 # name, help, value getter: the per-group gauges, in exposition order.
 _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] = (
-    ("pss_group_processes", "Processes in the group", lambda g: g.processes),
+    (
+        "pss_group_processes",
+        "Processes in the group (zombies and unreadable ones included)",
+        lambda g: g.processes,
+    ),
     ("pss_group_pss_bytes", "Sum of the group's processes' Pss", lambda g: g.pss),
     (
         "pss_group_pss_anon_bytes",
@@ -254,7 +258,7 @@ _POOL_FAMILIES: tuple[tuple[str, str, str, Callable[[PoolStats], float | None]],
     (
         "pss_phpfpm_recommended_max_children",
         "gauge",
-        "floor((budget - shared) / worker USS (p95 or max))",
+        "pm.max_children that fits the budget: floor((budget - shared) / worker USS (p95 or max))",
         lambda p: p.capacity.recommended,
     ),
 )
@@ -281,7 +285,8 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
     yield processes
     yield CounterMetricFamily(
         "pss_phpfpm_config_errors_total",
-        "php-fpm configurations that could not be read or parsed",
+        "php-fpm config loads that found an error: unreadable or malformed, a number out of "
+        "range, a running pool not configured, a status address the master does not hold",
         value=snap.phpfpm_config_errors,
     )
     yield GaugeMetricFamily(
@@ -333,13 +338,13 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     if snap.host_oom_kills is not None:
         yield CounterMetricFamily(
             "pss_host_oom_kills_total",
-            "OOM kills on the host, global and in cgroups (/proc/vmstat oom_kill, never falling)",
+            "OOM kills on the host, global and in cgroups (/proc/vmstat oom_kill)",
             value=snap.host_oom_kills,
         )
     if snap.host_pressure is not None:
         pressure = CounterMetricFamily(
             "pss_host_memory_pressure_seconds_total",
-            "Time some or all tasks stalled on memory (/proc/pressure/memory total, never falling)",
+            "Time some or all tasks stalled on memory (/proc/pressure/memory total)",
             labels=["kind"],
         )
         for kind, seconds in sorted(snap.host_pressure.items()):

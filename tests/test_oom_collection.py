@@ -62,6 +62,16 @@ class Host:
         else:
             path.write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {count}\n")
 
+    def pressure(self, name: str, some_s: float) -> None:
+        """The cgroup's PSI, in the unified hierarchy beside v1 (a hybrid host)."""
+        d = self.memory.parent / "unified" / name
+        d.mkdir(parents=True, exist_ok=True)
+        total = int(some_s * 1e6)
+        (d / "memory.pressure").write_text(
+            f"some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+        )
+
     def process(self, pid: int, comm: str, cgroup: str) -> None:
         self.tree.write(pid, comm, 1000)
         (self.tree.root / str(pid) / "cgroup").write_text(f"12:memory:/{cgroup}\n0::/{cgroup}\n")
@@ -213,3 +223,22 @@ def test_host_counters_hold_while_their_file_is_unreadable(host: Host) -> None:
     host.vmstat(6)
     seen.append(col.collect().host_oom_kills)
     assert seen == [5, None, 6]
+
+
+def test_group_pressure_goes_on_across_a_recreated_cgroup(host: Host) -> None:
+    def some(snap: Snapshot) -> float:
+        pressure = snap.cgroups["app"].pressure
+        assert pressure is not None
+        return pressure["some"]
+
+    host.cgroup("app", oom_kill=0)
+    host.pressure("app", 5.0)
+    host.process(10, "app", "app")
+    col = collector(host)
+    assert some(col.collect()) == 5.0
+    host.pressure("app", 5.5)
+    assert some(col.collect()) == 5.5
+    shutil.rmtree(host.memory / "app")  # the service restarted: a new cgroup
+    host.cgroup("app", oom_kill=0)
+    host.pressure("app", 1.0)
+    assert some(col.collect()) == 6.5

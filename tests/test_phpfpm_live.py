@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 from fpm import MASTER_TITLE, all_pids, cmdline, running_fpm, workers, write_static_config
 
+from exporter.collector import Collector
+from exporter.config import build_config
+from exporter.snapshot import Snapshot
+
 from conftest import free_port, group_value, parse_samples, run_cli
 
 pytestmark = pytest.mark.live
@@ -124,3 +128,28 @@ def test_status_pool_counts_with_the_pool_it_serves(tmp_path: Path) -> None:
     assert ("pss_phpfpm_recommended_max_children", frozenset({("group", group)})) in s
     groups = {dict(labels).get("group") for _, labels in s}
     assert f"{group}_status" not in groups
+
+
+def test_status_page_counters_never_fall_across_a_restart(tmp_path: Path) -> None:
+    """A php-fpm restart resets its status page's counters (a new master
+    counts from 0): the exported counter goes on from where it was."""
+    pool = f"restart_{SUFFIX}"
+    conf = write_static_config(tmp_path, {pool: 1})
+    conf.write_text(conf.read_text() + "pm.status_path = /status\n")
+    group = f"php-fpm:{pool}"
+
+    def accepted(snap: Snapshot) -> int:
+        (status,) = [p.info.status for p in snap.pools if p.info.group == group]
+        assert status is not None, f"{group}: the status page did not answer"
+        return status.accepted_conn
+
+    config = build_config({"accounting": {"enabled": False}}, "test")
+    with Collector(config) as collector:
+        with running_fpm(conf, {pool: 1}):
+            before = [accepted(collector.collect()) for _ in range(3)]
+        with running_fpm(conf, {pool: 1}):
+            after = accepted(collector.collect())
+    # Each query is a connection the pool accepts (other exporters on this
+    # machine may query it too): 3 or more, then at least one more.
+    assert before == sorted(before) and before[-1] >= 3
+    assert after >= before[-1] + 1
