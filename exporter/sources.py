@@ -172,9 +172,13 @@ class CgroupSource:
     ) -> tuple[OomUnit, ...]:
         """The outermost cgroups over every group, each with the grouped
         processes in or below it and its OOM kill counter."""
+        tops = {c.chain[0] for c in outermost(set(members))}
+        inside: dict[str, list[tuple[int, str]]] = {}
+        for cgroup, ms in members.items():  # each cgroup lies below exactly one top
+            top = next(d for d in cgroup.chain if d in tops)
+            inside.setdefault(top, []).extend(ms)
         units = []
-        for top in outermost(set(members)):
-            d = top.chain[0]
+        for d in sorted(inside):
             try:
                 inode = inodes[d] if d in inodes else os.stat(d).st_ino
             except OSError:
@@ -183,9 +187,8 @@ class CgroupSource:
                 kills = read_oom_kills(d)
             except (OSError, ValueError):
                 kills = None  # unreadable or garbled this cycle: held
-            inside = [m for c, ms in members.items() if d in c.chain for m in ms]
-            groups = frozenset(g for _, g in inside)
-            units.append(OomUnit((d, inode), groups, frozenset(p for p, _ in inside), kills))
+            groups = frozenset(g for _, g in inside[d])
+            units.append(OomUnit((d, inode), groups, frozenset(p for p, _ in inside[d]), kills))
         return tuple(units)
 
 
