@@ -147,14 +147,8 @@ class Collector:
         victims = None
         if self._kernel_log is not None:
             victims = run.run(self._kernel_log, cycle, None)
-        self._ooms.update(
-            now,
-            zip((p.pid for p in procs), groups),
-            report.units if report else None,
-            victims or (),
-        )
-        # Every group is present from 0 while some source counts its kills,
-        # so that increase() sees a group's first one.
+        units = report.units if report else None
+        self._ooms.update(now, zip((p.pid for p in procs), groups), units, victims or ())
         counted = self._cgroups is not None or victims is not None
         available = host.meminfo.get("MemAvailable")
         return Snapshot(
@@ -182,7 +176,7 @@ class Collector:
                 k: self._host_counter(("pressure", k), v) or 0.0 for k, v in host.pressure.items()
             },
             accounting=accounting,
-            group_oom_kills=self._ooms.counts(groups) if counted else {},
+            group_oom_kills=self._ooms.counts(groups, units, victims is not None),
             oom_unattributed=self._ooms.unattributed if counted else None,
             kmsg_up=self._kmsg.available if self._kmsg else None,
             phpfpm_config_errors=self._fpm.config_errors if self._fpm else 0,

@@ -27,6 +27,11 @@ the log against 2,585 kills counted). The rule, per collection:
 5. The first reading of a unit is its history: its kills count at once, by
    rules 2 and 3, whole (a shared unit's history is unattributed).
 
+A group's counter is there from 0 while a source can count its kills: while
+the kernel log is read, or while the group has a process in a unit (a cgroup
+whose kernel counts OOM kills), so that increase() sees its first kill; a
+group in the root cgroup with the log unreadable has no counter, not a 0.
+
 Limits: a kill in a one-group unit is credited to that group even if the
 victim was a process no rule groups that shares the cgroup (only grouped
 processes' cgroups are read).
@@ -167,7 +172,11 @@ class OomAttribution:
     def _add(self, group: str, kills: int) -> None:
         self.groups[group] = self.groups.get(group, 0) + kills
 
-    def counts(self, groups: Iterable[str]) -> dict[str, int]:
-        """The counter of every group given (0 for one without a kill) and
-        of every group ever credited."""
-        return {g: self.groups.get(g, 0) for g in {*groups, *self.groups}}
+    def counts(
+        self, groups: Iterable[str], units: Sequence[OomUnit] | None, log_read: bool
+    ) -> dict[str, int]:
+        """The counter of every group whose kills a source can count this
+        cycle, 0 for one without a kill (all of them while the log is read,
+        else those in a unit), and of every group ever credited."""
+        counted = set(groups) if log_read else {g for u in units or () for g in u.groups}
+        return {g: self.groups.get(g, 0) for g in {*counted, *self.groups}}

@@ -185,6 +185,8 @@ class CgroupSource:
                 continue  # removed while we looked
             try:
                 kills = read_oom_kills(d)
+                if kills is None:
+                    continue  # the kernel counts no OOM kills here: no unit
             except (OSError, ValueError):
                 kills = None  # unreadable or garbled this cycle: held
             groups = frozenset(g for _, g in inside[d])

@@ -99,9 +99,8 @@ V2_GROUPS: dict[str, dict[str, float]] = {
     # memory.max "max": no limit series.
     "cron": {USAGE: 4194304, OOMS: 0, SOME: 0.012345, FULL: 0.0},
     "dbus-daemon": {USAGE: 3145728, OOMS: 0, SOME: 0.0005, FULL: 0.0},
-    # In the root cgroup: the root's memory is the whole host's, no series
-    # but the OOM counter, which every group has (from the kernel log here).
-    "sshd": {OOMS: 0},
+    # In the root cgroup: the root's memory is the whole host's, no series.
+    "sshd": {},
 }
 
 
@@ -228,7 +227,7 @@ def test_v1_groups(config: Path) -> None:
     assert cgroup_series(s, "app") == {USAGE: 209715200, LIMIT: 268435456, OOMS: 3}
     # limit_in_bytes 9223372036854771712 (PAGE_COUNTER_MAX pages): unlimited.
     assert cgroup_series(s, "cron") == {USAGE: 5242880, OOMS: 0}
-    assert cgroup_series(s, "sshd") == {OOMS: 0}  # memory:/ is the root cgroup
+    assert cgroup_series(s, "sshd") == {}  # memory:/ is the root cgroup
 
 
 def test_hybrid_reads_the_v1_memory_controller(config: Path) -> None:
@@ -242,7 +241,7 @@ def test_hybrid_reads_the_v1_memory_controller(config: Path) -> None:
 
 def test_missing_files_leave_out_what_they_would_give(config: Path) -> None:
     s = once("missing", config).samples
-    assert cgroup_series(s, "sparse") == {USAGE: 15728640, OOMS: 0}  # memory.current only
+    assert cgroup_series(s, "sparse") == {USAGE: 15728640}  # memory.current only
     # step's own cgroup has no memory files: job.scope (limit 384 MiB,
     # oom_kill 1, stalls 0.75 s / 0.25 s) is charged for it.
     assert cgroup_series(s, "step") == {
@@ -252,9 +251,8 @@ def test_missing_files_leave_out_what_they_would_give(config: Path) -> None:
         SOME: 0.75,
         FULL: 0.25,
     }
-    # Every group has an OOM counter, from 0; these have no other cgroup series.
-    assert cgroup_series(s, "gone") == {OOMS: 0}  # its cgroup directory does not exist
-    assert cgroup_series(s, "nocg") == {OOMS: 0}  # no /proc/PID/cgroup
+    assert cgroup_series(s, "gone") == {}  # its cgroup directory does not exist
+    assert cgroup_series(s, "nocg") == {}  # no /proc/PID/cgroup
     assert {"sparse", "step", "gone", "nocg"} == {
         dict(labels)["group"] for n, labels in s if n == "pss_group_processes"
     }

@@ -53,7 +53,7 @@ def test_a_one_group_cgroup_gives_its_group_every_kill_without_the_log() -> None
     ooms = OomAttribution()
     ooms.update(0.0, [WORKER], [unit(0, WORKER)], [])
     ooms.update(1.0, [WORKER], [unit(2585, WORKER)], [2] * 71)  # a storm: 71 in the log
-    assert ooms.counts(["php-fpm:www"]) == {"php-fpm:www": 2585}
+    assert ooms.counts(["php-fpm:www"], None, True) == {"php-fpm:www": 2585}
     assert ooms.unattributed == 0
 
 
@@ -63,12 +63,12 @@ def test_in_a_shared_cgroup_the_log_says_whose_and_the_rest_is_unattributed() ->
     ooms.update(0.0, members, [unit(10, *members)], [])  # history: whose, unknown
     assert ooms.unattributed == 10
     ooms.update(1.0, members, [unit(110, *members)], [2, 2, 2])  # 100 kills, 3 in the log
-    assert ooms.counts([]) == {"php-fpm:www": 3}
+    assert ooms.counts([], None, True) == {"php-fpm:www": 3}
     for t in range(2, 2 + GRACE):  # the rest waits GRACE cycles for its records
         assert ooms.unattributed == 10
         ooms.update(float(t), members, [unit(110, *members)], [])
     assert ooms.unattributed == 10 + 97
-    assert ooms.counts(["php-fpm:master"]) == {"php-fpm:master": 0, "php-fpm:www": 3}
+    assert ooms.counts(["php-fpm:master"], None, True) == {"php-fpm:master": 0, "php-fpm:www": 3}
 
 
 def test_the_log_may_come_a_cycle_before_or_after_the_counter() -> None:
@@ -81,7 +81,7 @@ def test_the_log_may_come_a_cycle_before_or_after_the_counter() -> None:
     ooms.update(4.0, members, [unit(2, *members)], [2])  # then the record
     for t in range(5, 5 + GRACE):
         ooms.update(float(t), members, [unit(2, *members)], [])
-    assert ooms.counts(["php-fpm:master"]) == {"php-fpm:master": 0, "php-fpm:www": 2}
+    assert ooms.counts(["php-fpm:master"], None, True) == {"php-fpm:master": 0, "php-fpm:www": 2}
     assert ooms.unattributed == 0
 
 
@@ -90,7 +90,7 @@ def test_a_record_the_counter_never_confirms_is_dropped() -> None:
     members = [MASTER, WORKER]
     for t in range(0, 2 + GRACE):
         ooms.update(float(t), members, [unit(5, *members)], [2] if t == 1 else [])
-    assert ooms.counts([]) == {}
+    assert ooms.counts([], None, True) == {}
     assert ooms.unattributed == 5  # the history only
 
 
@@ -98,4 +98,14 @@ def test_kills_outside_any_cgroup_come_from_the_log() -> None:
     ooms = OomAttribution()
     ooms.update(0.0, [(7, "bash")], None, [])  # cgroups not read (disabled)
     ooms.update(1.0, [], None, [7, 99])  # 7 exited; 99 was never grouped
-    assert ooms.counts([]) == {"bash": 1}
+    assert ooms.counts([], None, True) == {"bash": 1}
+
+
+def test_a_group_has_a_counter_while_a_source_can_count_its_kills() -> None:
+    """From 0 while the log is read or the group is in a unit; a group in the
+    root cgroup with the log unreadable has no counter rather than a false 0."""
+    ooms = OomAttribution()
+    units = [unit(0, WORKER)]
+    ooms.update(0.0, [WORKER, (3, "cron")], units, [])
+    assert ooms.counts(["php-fpm:www", "cron"], units, False) == {"php-fpm:www": 0}
+    assert ooms.counts(["php-fpm:www", "cron"], units, True) == {"php-fpm:www": 0, "cron": 0}
