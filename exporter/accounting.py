@@ -10,7 +10,9 @@ so what is *used* is everything allocated that is not file page cache or
 reclaimable kernel memory, plus the reserve and the two "can't reclaim it
 all" shares. Each component below is one of those terms, taken from
 /proc/meminfo, /proc/zoneinfo and the processes' smaps_rollup; `unexplained`
-is the remainder and is never hidden. All values are bytes; pure functions.
+is the remainder and is never hidden. Without zoneinfo the components it
+gives (FROM_ZONEINFO) are left out and their memory stays in `unexplained`:
+the rest still adds up to used. All values are bytes; pure functions.
 """
 
 from __future__ import annotations
@@ -48,9 +50,18 @@ COMPONENTS: dict[str, str] = {
 }
 
 
-# The meminfo fields used() and used_procps3() cannot do without (the others
-# count as 0 when a kernel lacks them); without one there is no reconciliation.
-REQUIRED = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
+# The components that need /proc/zoneinfo's watermarks and per-CPU lists.
+FROM_ZONEINFO = (
+    "slab_reclaimable_unavailable",
+    "page_cache_unavailable",
+    "kernel_reserve",
+    "pcp_free_lists",
+)
+
+# The meminfo fields each "used" cannot do without (every other field counts
+# as 0 when a kernel lacks it): MemAvailable is 3.14's.
+USED_FIELDS = ("MemTotal", "MemAvailable")
+PROCPS3_FIELDS = ("MemTotal", "MemFree", "Buffers", "Cached")
 
 
 @dataclass(frozen=True)
@@ -64,24 +75,34 @@ class ProcessTotals:
     unreadable: int
 
 
-def used(meminfo: dict[str, int]) -> int:
-    """MemTotal - MemAvailable: `free`'s used since procps-ng 4.0.1."""
+def used(meminfo: dict[str, int]) -> int | None:
+    """MemTotal - MemAvailable: `free`'s used since procps-ng 4.0.1; None
+    without either field."""
+    if any(key not in meminfo for key in USED_FIELDS):
+        return None
     return meminfo["MemTotal"] - meminfo["MemAvailable"]
 
 
-def used_procps3(meminfo: dict[str, int]) -> int:
-    """total - free - buffers - (cached + SReclaimable): procps-ng 3.3's used."""
+def used_procps3(meminfo: dict[str, int]) -> int | None:
+    """total - free - buffers - (cached + SReclaimable): procps-ng 3.3's used;
+    None without one of PROCPS3_FIELDS."""
     m = meminfo
+    if any(key not in m for key in PROCPS3_FIELDS):
+        return None
     value = m["MemTotal"] - m["MemFree"] - m["Buffers"] - m["Cached"] - m.get("SReclaimable", 0)
     return value if value >= 0 else m["MemTotal"] - m["MemFree"]  # as procps does
 
 
 def reconcile(
-    meminfo: dict[str, int], marks: Watermarks, page_size: int, totals: ProcessTotals
+    meminfo: dict[str, int], marks: Watermarks | None, page_size: int, totals: ProcessTotals
 ) -> dict[str, int]:
-    """Split used memory into COMPONENTS; they add up to used() exactly."""
+    """Split used memory into COMPONENTS; they add up to used() exactly.
+    Without marks (no usable zoneinfo) FROM_ZONEINFO are left out, into
+    unexplained. meminfo must hold USED_FIELDS."""
     m = meminfo
-    wmark_low = marks.low * page_size
+    total_used = used(m)
+    if total_used is None:
+        raise ValueError(f"meminfo lacks one of {', '.join(USED_FIELDS)}")
     page_cache = m.get("Active(file)", 0) + m.get("Inactive(file)", 0)
     reclaimable = m.get("KReclaimable", m.get("SReclaimable", 0))
     # Without the Pss split (kernel < 5.x), Mapped stands in for file pages
@@ -93,7 +114,6 @@ def reconcile(
         "processes_file_cache": -file_pss,
         "shmem_unmapped": max(m.get("Shmem", 0) - (totals.pss_shmem or 0), 0),
         "slab_unreclaimable": m.get("SUnreclaim", 0),
-        "slab_reclaimable_unavailable": min(reclaimable // 2, wmark_low),
         "kernel_stack": m.get("KernelStack", 0),
         "page_tables": m.get("PageTables", 0) + m.get("SecPageTables", 0),
         # Kernel stacks are vmalloc'ed (CONFIG_VMAP_STACK): counted once.
@@ -101,21 +121,24 @@ def reconcile(
         "percpu": m.get("Percpu", 0),
         "hugetlb": hugetlb,
         "zswap": m.get("Zswap", 0),
-        "page_cache_unavailable": min(page_cache // 2, wmark_low),
-        "kernel_reserve": marks.reserve * page_size,
-        "pcp_free_lists": marks.pcp_free * page_size,
     }
-    parts["unexplained"] = used(m) - sum(parts.values())
-    return parts
+    if marks is not None:
+        wmark_low = marks.low * page_size
+        parts["slab_reclaimable_unavailable"] = min(reclaimable // 2, wmark_low)
+        parts["page_cache_unavailable"] = min(page_cache // 2, wmark_low)
+        parts["kernel_reserve"] = marks.reserve * page_size
+        parts["pcp_free_lists"] = marks.pcp_free * page_size
+    parts["unexplained"] = total_used - sum(parts.values())
+    return {name: parts[name] for name in COMPONENTS if name in parts}  # exposition order
 
 
 @dataclass(frozen=True)
 class Accounting:
     """One reconciliation, as exported and explained."""
 
-    used: int
-    used_procps3: int
-    components: dict[str, int]
+    used: int | None  # None: meminfo lacks USED_FIELDS (no reconciliation then)
+    used_procps3: int | None  # None: meminfo lacks PROCPS3_FIELDS
+    components: dict[str, int]  # COMPONENTS, FROM_ZONEINFO left out without zoneinfo; {}: no used
     totals: ProcessTotals
     duration: float  # seconds the pass took (reading every process's smaps)
     finished: float  # Unix time

@@ -151,6 +151,9 @@ class CgroupState:
     limit: int | None  # None: unlimited
     pressure: dict[str, float] | None  # stall seconds by kind; None: no PSI here
     headroom: int | None  # room below the tightest limit up to the root
+    # The nearest directory on the way to the root with a limit: the memory
+    # its processes share with every other one below it (capacity.py).
+    domain: str | None = None  # None: no limit up to the root
 
 
 def read_oom_kills(d: str) -> int | None:
@@ -172,7 +175,8 @@ def read_state(cgroup: Cgroup) -> CgroupState:
         pressure = parse_pressure(read_bytes(cgroup.pressure))
     except OSError:
         pressure = None  # pure v1, or PSI disabled
-    return CgroupState(memory[0].usage, memory[0].limit, pressure, headroom(memory))
+    domain = next((m.dir for m in memory if m.limit is not None), None)
+    return CgroupState(memory[0].usage, memory[0].limit, pressure, headroom(memory), domain)
 
 
 def outermost(cgroups: set[Cgroup]) -> list[Cgroup]:
@@ -184,10 +188,14 @@ def outermost(cgroups: set[Cgroup]) -> list[Cgroup]:
 
 def combine(states: list[CgroupState]) -> CgroupState:
     """One figure for a group spanning several (non-nested) cgroups: usage,
-    limits and stall time add up; the headroom is the smallest."""
+    limits and stall time add up; the headroom is the smallest, and the
+    domain is that of the smallest headroom."""
     limits = [s.limit for s in states if s.limit is not None]
     pressures = [s.pressure for s in states if s.pressure is not None]
     rooms = [s.headroom for s in states if s.headroom is not None]
+    tightest = min(
+        (s for s in states if s.headroom is not None), key=lambda s: s.headroom or 0, default=None
+    )
     return CgroupState(
         usage=sum(s.usage for s in states),
         limit=sum(limits) if len(limits) == len(states) else None,
@@ -195,4 +203,5 @@ def combine(states: list[CgroupState]) -> CgroupState:
         if pressures
         else None,
         headroom=min(rooms) if rooms else None,
+        domain=tightest.domain if tightest else None,
     )

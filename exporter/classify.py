@@ -51,12 +51,24 @@ class FpmView(NamedTuple):
     """php-fpm as one cycle sees it: only a master whose executable is a
     root-installed php-fpm is one, and only its children are its workers."""
 
-    trusted: frozenset[int]  # PIDs of trusted masters and of their workers
+    trusted: frozenset[int]  # PIDs of trusted masters and of their children
     masters: dict[int, FpmMaster]  # the trusted masters, by PID
-    names: dict[tuple[str, int], str]  # (pool, master PID) -> group, running or configured
+    # Trusted PID -> its group: every master, and each live child whose pool is
+    # known. A trusted PID without one (a zombie; a child not titled yet of a
+    # master of several pools) is in no group this cycle.
+    groups: dict[int, str]
     untrusted: int  # processes titled as php-fpm, not trusted
-    # PIDs of status-pool workers (see status_pool), grouped with the pool they serve
+    # PIDs of status pools' processes (see _status_pools), grouped with the pool they serve
     status: frozenset[int] = frozenset()
+
+    def is_master(self, p: Proc) -> bool:
+        """A trusted master; for a process not trusted, what its title says."""
+        return p.pid in self.masters if p.pid in self.trusted else p.is_master
+
+    def is_worker(self, p: Proc) -> bool:
+        """Neither a master nor a status pool's process (which serves its
+        pool's status page, not its requests)."""
+        return not self.is_master(p) and p.pid not in self.status
 
 
 NO_FPM = FpmView(frozenset(), {}, {}, 0)
@@ -94,8 +106,11 @@ class Classifier:
     def __call__(self, pid: int, st: Stat, parent: Proc | None) -> Proc:
         proc = LiveProcess(self.procfs, pid, st.comm, st.starttime)
         role = fpm_role(st.comm, lambda: proc.cmdline)
+        # A master's child may still carry its title; so may a process whose
+        # parent is not known yet (a PID below its parent's, after PID wrap).
+        forked = parent.is_master if parent is not None else st.ppid != 0
         provisional = st.comm.startswith("php-fpm") and (
-            role is None or (role.is_master and parent is not None and parent.is_master)
+            role is None or (role.is_master and forked)
         )
         fpm = role is not None and self.config.php_fpm.enabled
         # The rules group php-fpm's processes too: those not trusted as
@@ -109,7 +124,19 @@ class Classifier:
             if not fpm:
                 raise
             group = None  # grouped by its title, if trusted
+        if group is None and self.config.children and parent is not None:
+            # process-exporter's -children: a process no rule names joins its
+            # parent's group (the parent's own, or the one it joined).
+            group = parent.group
         return Proc(pid, st, group, role, fpm or group is not None, provisional)
+
+
+def only_pools(pools: Iterable[tuple[str, int]]) -> dict[int, str]:
+    """{master PID: its pool} of the masters with exactly one pool."""
+    by_master: dict[int, set[str]] = {}
+    for name, ppid in pools:
+        by_master.setdefault(ppid, set()).add(name)
+    return {ppid: names.pop() for ppid, names in by_master.items() if len(names) == 1}
 
 
 class Grouped(NamedTuple):
@@ -135,8 +162,10 @@ class Grouper:
         view = self._fpm_view(procs) if self._fpm else NO_FPM
         kept, wanted = [], []
         for p in procs:
-            if p.pid in view.trusted and p.fpm is not None:
-                group = FPM_MASTER_GROUP if p.is_master else view.names[(p.fpm.name, p.ppid)]
+            if p.pid in view.trusted:
+                if p.pid not in view.groups:
+                    continue  # a zombie, or a child whose pool is not known yet
+                group = view.groups[p.pid]
             elif p.group is not None:
                 group = outside_fpm_groups(p.group) if self._fpm else p.group
             else:
@@ -165,26 +194,40 @@ class Grouper:
         assert self._fpm is not None
         claims = [(p, p.fpm) for p in procs if p.fpm is not None]
         uids = self._fpm.trust({p.pid: p.starttime for p, role in claims if role.is_master})
+        # php-fpm forks a worker with the master's title, which the worker
+        # replaces with its pool's a moment later: a trusted master's child is
+        # its worker whatever its title, never a master (nor a second master
+        # of the pool, which would rename the pool's group).
         masters = {
             p.pid: FpmMaster(role.name, p.starttime, uids[p.pid])
             for p, role in claims
-            if p.pid in uids
+            if p.pid in uids and p.ppid not in uids
         }
-        workers = [(p, role) for p, role in claims if not role.is_master and p.ppid in masters]
+        children = [p for p in procs if p.ppid in masters]
         # Named over the running and the configured pools: a pool's group does
         # not change when its last worker exits or its first one starts, and
         # a running pool cannot take the name of an idle one.
-        running = [(role.name, p.ppid) for p, role in workers]
+        titled = {p.pid: p.fpm.name for p in children if p.fpm and not p.fpm.is_master}
+        running = [(titled[p.pid], p.ppid) for p in children if p.pid in titled]
         configured = list(self._fpm.configured(masters))
         served = _status_pools(running, configured)
         pools = dict.fromkeys([*(r for r in running if r not in served), *configured])
         names = fpm_pool_groups(pools, masters)
-        names.update({pool: names[(name, pid)] for pool, (name, pid) in served.items()})
-        trusted = frozenset(masters).union(p.pid for p, _ in workers)
+        names.update({pool: names[base] for pool, base in served.items()})
+        groups = dict.fromkeys(masters, FPM_MASTER_GROUP)
+        only = only_pools(pools)
+        for p in children:
+            # A zombie (a worker killed or exited, not reaped yet) is no longer
+            # its pool's, as its cgroup no longer lists it; a child not titled
+            # yet is in its master's only pool, or in none until it is titled.
+            pool = titled[p.pid] if p.pid in titled else only.get(p.ppid)
+            if p.state != "Z" and pool is not None:
+                groups[p.pid] = names[(pool, p.ppid)]
+        trusted = frozenset(masters).union(p.pid for p in children)
         untrusted = [p for p, _ in claims if p.pid not in trusted]
         self._log_untrusted(untrusted)
-        status = frozenset(p.pid for p, role in workers if (role.name, p.ppid) in served)
-        return FpmView(trusted, masters, names, len(untrusted), status)
+        status = frozenset(p.pid for p in children if (titled.get(p.pid), p.ppid) in served)
+        return FpmView(trusted, masters, groups, len(untrusted), status)
 
     def _log_untrusted(self, untrusted: list[Proc]) -> None:
         """One warning per cycle at most, naming the untrusted processes not

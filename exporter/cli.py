@@ -26,7 +26,7 @@ from .webconfig import WebConfigError, WebConfigWatcher, load_web_config
 log = logging.getLogger("pss-exporter")
 _N = TypeVar("_N")
 
-_COLLECTING = ("config", "procfs", "sysfs", "log_level")
+_COLLECTING = ("config", "procfs", "sysfs", "log_level", "children")
 # The flags (by dest) each command takes; any other flag it is given is a usage
 # error rather than silently ignored. check-config takes serve's, to check them.
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
@@ -34,7 +34,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "once": _COLLECTING,
     "check-config": (*_COLLECTING, "listen", "web_config"),
     "top": (*_COLLECTING, "once"),
-    "explain": (*_COLLECTING, "json"),
+    "explain": (*_COLLECTING, "json", "pool"),
 }
 COMMANDS = tuple(COMMAND_FLAGS)
 _UNSET = object()  # what a flag holds after parsing when it was not given
@@ -78,6 +78,29 @@ class _Parser(argparse.ArgumentParser):
         return parsed, rest
 
 
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _go_bool(text: str) -> bool:
+    """A boolean flag's value as Go's flag package reads it (strconv.ParseBool)."""
+    if text in _GO_TRUE + _GO_FALSE:
+        return text in _GO_TRUE
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+
+
+def go_bool_flags(argv: list[str]) -> list[str]:
+    """Go's boolean flags take no separate value: '-children' alone is true,
+    '-children=false' false. Spelled so argparse reads exactly that."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in ("-children", "--children"):
+            arg = f"--children={value if eq else 'true'}"
+        out.append(arg)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pss-exporter",
@@ -92,11 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
         "once: collect once and print the exposition; "
         "check-config: validate the config and exit; "
         "top: show the groups as a table, refreshed every interval; "
-        "explain: where the used memory went, component by component",
+        "explain: where the used memory went, component by component (--pool NAME: "
+        "how a php-fpm pool's capacity is derived)",
     )
-    p.add_argument("--config", dest="config", metavar="FILE", help="YAML config file")
+    # process-exporter's spellings (Go flags: one dash or two) where they mean
+    # the same as ours, so its unit file works with only the binary renamed.
+    p.add_argument(
+        "--config",
+        "-config.path",
+        "--config.path",
+        dest="config",
+        metavar="FILE",
+        help="YAML config file",
+    )
+    p.add_argument(
+        "--children",
+        dest="children",
+        type=_go_bool,
+        metavar="BOOL",
+        help="a process no rule matches joins its parent's group "
+        "(default: the config's children, true); -children alone means true",
+    )
     p.add_argument(
         "--web.listen-address",
+        "-web.listen-address",
         dest="listen",
         default=":9778",
         metavar="ADDR",
@@ -104,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--web.config.file",
+        "-web.config.file",
         dest="web_config",
         metavar="FILE",
         help="exporter-toolkit web config: TLS, basic auth, headers (re-read on change)",
     )
-    p.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="DIR")
+    p.add_argument(
+        "--path.procfs", "-procfs", "--procfs", dest="procfs", default="/proc", metavar="DIR"
+    )
     p.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="DIR")
     p.add_argument(
         "--log.level",
@@ -118,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="top only: print one table and exit")
     p.add_argument("--json", action="store_true", help="explain only: print JSON")
+    p.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="explain only: how the capacity of php-fpm pool NAME (or group php-fpm:NAME) "
+        "is derived, figure by figure",
+    )
     p.add_argument("--version", action="version", version=f"pss-exporter {__version__}")
     option = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.epilog = "flags by command: " + "; ".join(
@@ -223,9 +274,11 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(go_bool_flags(sys.argv[1:] if argv is None else argv))
         _setup_logging(args.log_level)
         config = load_config(args.config)
+        if args.children is not None:
+            config = replace(config, children=args.children)
         _check_procfs(args.procfs)
         _check_sysfs(args.sysfs)
         if args.command == "check-config":
@@ -240,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
             with _collector(args, _unbounded(config)) as collector:
                 snap = collector.collect()
             sys.stdout.buffer.write(render(snap, (TEXT,)).text)
+            return 0
+        if args.command == "explain" and args.pool is not None:
+            fpm = config.php_fpm
+            with _collector(args, _unbounded(config)) as collector:
+                snap = collector.collect()
+            view = explain.render_pool_json if args.json else explain.render_pool
+            try:
+                sys.stdout.write(view(snap, args.pool, fpm.sizing, fpm.reserve))
+            except ValueError as exc:
+                raise UsageError(f"explain: {exc}") from None
             return 0
         if args.command == "explain":
             forced = replace(config, accounting=replace(config.accounting, enabled=True))

@@ -18,14 +18,16 @@ from dataclasses import replace
 from types import TracebackType
 
 from .accounting import Accounting
+from .capacity import PoolPeaks
 from .classify import Classifier, Grouper
 from .config import Config
 from .counters import Monotonic
 from .discovery import list_pids
-from .host import NO_HOST, AccountingSource, HostSource
+from .host import AccountingSource, host_sources
 from .kmsg import KmsgWatcher
 from .oom import OomAttribution
-from .phpfpm import PhpFpmSource
+from .peaks import PeaksSource
+from .phpfpm import NO_LOADS, Loads, PhpFpmSource
 from .privileges import own_process
 from .procfs import ZERO_MEMORY
 from .scheduling import Scheduler, large_reads
@@ -37,6 +39,7 @@ from .snapshot import (
     PoolInfo,
     Sample,
     Snapshot,
+    SourceResult,
     aggregate,
     pool_stats,
 )
@@ -78,10 +81,11 @@ class Collector:
             self._errors,
             use_statm=cc.max_age > 0,
             cgroups=config.cgroups.enabled,
+            kernel_threads=any(rule.matches_without_argv for rule in config.process_names),
         )
         self._grouper = Grouper(config.max_groups, self._fpm)
         self._scheduler = Scheduler(cc, self.procfs, clock, self._errors, self._tracker.forget)
-        self._host = HostSource(self.procfs, self._errors)
+        self._host = host_sources(self.procfs, self._errors)
         self._accounting = (
             AccountingSource(self.procfs, config.accounting.interval, cc.interval / 2)
             if config.accounting.enabled
@@ -89,10 +93,16 @@ class Collector:
         )
         self._cgroups = CgroupSource(self.sysfs) if config.cgroups.enabled else None
         self._pools = FpmPoolsSource(self._fpm) if self._fpm else None
+        self._peaks = (
+            PeaksSource(self.procfs, config.php_fpm.window, self._errors.count)
+            if self._fpm
+            else None
+        )
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
         self._ooms = OomAttribution()
         self._counters: Monotonic[tuple[str, ...]] = Monotonic()
+        self._results: dict[str, SourceResult] = {}  # the last completed cycle's, by source
 
     def close(self) -> None:
         """Stop the kernel-log reader and the thread pools; collect() no more."""
@@ -119,22 +129,36 @@ class Collector:
         pids = list_pids(self.procfs)
         procs, groups, view = self._grouper.group(self._tracker.discover(pids, now))
         cycle = Cycle(now, procs, groups, view, self._tracker.processes)
-        run = SourceRunner()  # per cycle: a cycle that fails leaves no result to the next
+        # Per cycle: a cycle that fails leaves no result to the next.
+        run = SourceRunner(self._results)
         pools_source = self._pools
         if pools_source is not None:
+            loads = run.call(
+                pools_source.config_name, lambda: pools_source.load(cycle), NO_LOADS, Loads.error
+            )
             # php-fpm status pages answer (or time out) while smaps is being read.
-            run.call(pools_source.name, lambda: pools_source.start(cycle), None)
+            run.call(pools_source.name, lambda: pools_source.start(cycle, loads), None)
         due = self._scheduler.due(procs, groups, now)
         deferred = self._scheduler.read(due, now)
         samples = []
         for p, group in zip(procs, groups):
-            s = sample(p, group, p.pid in deferred, p.pid in view.status)
+            s = sample(p, group, p.pid in deferred, view.is_worker(p))
             if s is not None:
                 samples.append(s)
-        host = run.run(self._host, cycle, NO_HOST)
-        cycle = replace(cycle, meminfo=host.meminfo)
+        peaks: dict[str, PoolPeaks] = {}
+        if self._peaks is not None:  # after the reads: this cycle's RSS and USS
+            peaks = run.run(self._peaks, cycle, {})
+        host = self._host
+        meminfo = run.run(host.meminfo, cycle, None) or {}
+        oom_kills = run.run(host.vmstat, cycle, None)
+        pressure = run.run(host.pressure, cycle, None) if host.pressure else None
+        cycle = replace(cycle, meminfo=meminfo)
         accounting: Accounting | None = None
         if self._accounting is not None:
+            if self._accounting.due(cycle):
+                cycle = replace(cycle, zoneinfo=run.run(host.zoneinfo, cycle, None))
+            else:  # read by the last pass, whose reconciliation is reported
+                run.keep(host.zoneinfo.name)
             accounting = run.run(self._accounting, cycle, None)
         group_stats = aggregate(samples)
         report: CgroupReport | None = None
@@ -145,15 +169,18 @@ class Collector:
         if pools_source is not None:
             pools = tuple(self._monotonic_status(p) for p in run.run(pools_source, cycle, ()))
         victims = None
-        if self._kernel_log is not None:
-            victims = run.run(self._kernel_log, cycle, None)
+        kmsg = self._kmsg
+        if self._kernel_log is not None and kmsg is not None:
+            victims = run.run(self._kernel_log, cycle, None, kmsg_down(kmsg))
         units = report.units if report else None
         self._ooms.update(now, zip((p.pid for p in procs), groups), units, victims or ())
         counted = self._cgroups is not None or victims is not None
-        available = host.meminfo.get("MemAvailable")
+        available = meminfo.get("MemAvailable")
+        sources = run.results()
+        self._results = {r.name: r for r in sources}
         return Snapshot(
             groups=group_stats,
-            memory_total=host.meminfo.get("MemTotal"),
+            memory_total=meminfo.get("MemTotal"),
             memory_available=available,
             started=started,
             duration=self._clock() - now,
@@ -167,21 +194,18 @@ class Collector:
             },
             budget_exhausted=self._scheduler.budget_exhausted,
             large_reads=large_reads(procs, groups, self.config.collection.large_rss),
-            pools=pool_stats(pools, group_stats, available, cgroups, self.config.php_fpm),
+            pools=pool_stats(pools, group_stats, available, cgroups, peaks, self.config.php_fpm),
             cgroups=cgroups,
-            host_oom_kills=self._host_counter(("vmstat", "oom_kill"), host.oom_kills),
+            host_oom_kills=self._host_counter(("vmstat", "oom_kill"), oom_kills),
             host_pressure=None
-            if host.pressure is None
-            else {
-                k: self._host_counter(("pressure", k), v) or 0.0 for k, v in host.pressure.items()
-            },
+            if pressure is None
+            else {k: self._host_counter(("pressure", k), v) or 0.0 for k, v in pressure.items()},
             accounting=accounting,
             group_oom_kills=self._ooms.counts(groups, units, victims is not None),
             oom_unattributed=self._ooms.unattributed if counted else None,
-            kmsg_up=self._kmsg.available if self._kmsg else None,
             phpfpm_config_errors=self._fpm.config_errors if self._fpm else 0,
             phpfpm_untrusted=view.untrusted,
-            sources=run.results(),
+            sources=sources,
             own=own_process(),
         )
 
@@ -204,12 +228,16 @@ class Collector:
         return replace(pool, status=replace(status, **counters))
 
 
-def sample(p: Proc, group: str, deferred: bool, status_pool: bool) -> Sample | None:
+def kmsg_down(watcher: KmsgWatcher) -> Callable[[object], str | None]:
+    """The kernel log source is down while the watcher cannot read the log."""
+    return lambda _: None if watcher.available else f"cannot read {watcher.path}"
+
+
+def sample(p: Proc, group: str, deferred: bool, is_worker: bool) -> Sample | None:
     """What a process contributes to its group this cycle; None when it
-    vanished or was garbled during this cycle's read. A php-fpm master and
-    a status pool's process (classify._status_pools) are no workers."""
-    is_worker = not p.is_master and not status_pool
-    if p.state == "Z":  # a zombie holds no memory and is no worker
+    vanished or was garbled during this cycle's read. is_worker:
+    classify.FpmView.is_worker (no php-fpm master, no status pool's process)."""
+    if not p.holds_memory:  # a zombie or a kernel thread: no memory, no worker
         return Sample(group, ZERO_MEMORY, False)
     if p.unreadable:
         return Sample(group, None, is_worker, unreadable=True)

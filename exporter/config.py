@@ -1,13 +1,15 @@
 """Configuration: YAML in, validated frozen dataclasses out.
 
 Every problem is reported as a ConfigError naming the file, the key and the
-reason, so the CLI can print one line and exit 2. Unknown keys are errors,
-except inside process_names entries, which accept process-exporter's format
-unchanged.
+reason, so the CLI can print one line and exit 2. Unknown keys inside our
+own sections are errors; at the top level and inside process_names entries
+they are ignored with a one-line warning, as process-exporter ignores them,
+so a config written for it loads unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +17,10 @@ from typing import Any
 import yaml
 
 from .fileio import read_regular
-from .grouping import GroupRule, compile_rule
+from .grouping import RULE_KEYS, GroupRule, compile_rule
 from .text import EXCERPT, clip, excerpt, one_line
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -59,8 +63,9 @@ class PoolOverride:
 class PhpFpmConfig:
     enabled: bool = True
     status_timeout: float = 1.0
-    sizing: str = "p95"  # worker size for capacity: p95 or max of worker USS
+    sizing: str = "p95"  # worker size for capacity: p95 or max of the workers' peak USS
     reserve: float = 0.1  # share of the budget kept free
+    window: float = 3600.0  # seconds the workers' peaks are kept (peaks.py)
     pools: dict[str, PoolOverride] = field(default_factory=dict)  # by pool or group name
 
 
@@ -95,6 +100,9 @@ class Config:
     cgroups: CgroupConfig = field(default_factory=CgroupConfig)
     kmsg: KmsgConfig = field(default_factory=KmsgConfig)
     process_names: tuple[GroupRule, ...] = ()
+    # process-exporter's -children: a process no rule matches joins the group
+    # of its nearest grouped ancestor (decided when it is first seen).
+    children: bool = True
 
 
 _SIZE_UNITS = {
@@ -167,6 +175,9 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
+_IGNORED_KEY = "unknown key, ignored (as process-exporter does)"
+
+
 class _Section:
     """Reads keys of one YAML mapping, remembering its path for messages."""
 
@@ -188,6 +199,12 @@ class _Section:
         for name in self.data:
             if name not in known:
                 raise self.error(_key_text(name), "unknown key")
+
+    def warn_unknown(self, known: set[str] | tuple[str, ...]) -> None:
+        """process-exporter ignores keys it does not know: so do we, saying so."""
+        for name in self.data:
+            if name not in known:
+                log.warning("%s", ConfigError(self.source, self.key(_key_text(name)), _IGNORED_KEY))
 
     def sub(self, name: str) -> _Section:
         return _Section(self.source, self.key(name), self.data.get(name))
@@ -235,7 +252,7 @@ class _Section:
 
 
 def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
-    fpm.reject_unknown({"enabled", "status_timeout", "sizing", "reserve", "pools"})
+    fpm.reject_unknown({"enabled", "status_timeout", "sizing", "reserve", "window", "pools"})
     sizing = fpm.data.get("sizing", "p95")
     if sizing not in ("p95", "max"):
         raise fpm.error("sizing", f"must be p95 or max, got {excerpt(sizing)}")
@@ -249,6 +266,8 @@ def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
             "status_timeout",
             f"must be at most half of collection.interval ({duration_text(interval)})",
         )
+    # At least one interval: a shorter window would forget each peak before the next cycle.
+    window = fpm.duration("window", 3600.0, minimum=interval)
     pools_section = fpm.sub("pools")
     pools = {}
     for name, data in pools_section.data.items():
@@ -269,6 +288,7 @@ def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
         status_timeout=status_timeout,
         sizing=sizing,
         reserve=float(reserve),
+        window=window,
         pools=pools,
     )
 
@@ -276,8 +296,17 @@ def _php_fpm(fpm: _Section, interval: float) -> PhpFpmConfig:
 def build_config(data: Any, source: str) -> Config:
     """Validate parsed YAML and build a Config; raises ConfigError."""
     top = _Section(source, "", data)
-    top.reject_unknown(
-        {"collection", "max_groups", "php_fpm", "accounting", "cgroups", "kmsg", "process_names"}
+    top.warn_unknown(
+        {
+            "collection",
+            "max_groups",
+            "php_fpm",
+            "accounting",
+            "cgroups",
+            "kmsg",
+            "process_names",
+            "children",
+        }
     )
 
     coll = top.sub("collection")
@@ -311,11 +340,18 @@ def build_config(data: Any, source: str) -> Config:
         raise ConfigError(source, "process_names", "must be a list")
     rules = []
     for i, raw in enumerate(raw_rules):
+        entry = f"process_names[{i}]"
         try:
-            rules.append(compile_rule(raw))
+            rules.append(compile_rule(raw, entry))
         except ValueError as exc:
             key, _, reason = str(exc).partition(": ")
-            raise ConfigError(source, f"process_names[{i}]{key}", reason) from None
+            unknown = (
+                [_key_text(k) for k in raw if k not in RULE_KEYS] if isinstance(raw, dict) else []
+            )
+            if unknown:  # a rule of only a typo (cmdlin:): say what was ignored
+                reason += f" (unknown keys are ignored: {', '.join(unknown[:3])})"
+            raise ConfigError(source, f"{entry}{key}", reason) from None
+        _Section(source, entry, raw).warn_unknown(RULE_KEYS)
 
     return Config(
         source=source,
@@ -326,6 +362,7 @@ def build_config(data: Any, source: str) -> Config:
         cgroups=CgroupConfig(enabled=cg.boolean("enabled", True)),
         kmsg=KmsgConfig(enabled=km.boolean("enabled", True)),
         process_names=tuple(rules),
+        children=top.boolean("children", True),
     )
 
 

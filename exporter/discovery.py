@@ -160,10 +160,14 @@ class LiveProcess:
 
     @cached_property
     def start_time(self) -> datetime.datetime:
-        ticks = os.sysconf("SC_CLK_TCK")
+        # In whole ticks, as process-exporter adds them (no float rounding:
+        # its name shows them, e.g. '14:53:11.04').
+        hz = os.sysconf("SC_CLK_TCK")
+        seconds, ticks = divmod(self.starttime, hz)
         try:
-            return datetime.datetime.fromtimestamp(
-                boot_time(self.procfs) + self.starttime / ticks, datetime.timezone.utc
+            boot = datetime.datetime.fromtimestamp(
+                int(boot_time(self.procfs)), datetime.timezone.utc
             )
+            return boot + datetime.timedelta(seconds=seconds, microseconds=ticks * 1_000_000 // hz)
         except (ValueError, OverflowError) as exc:  # ParseError, or past year 9999
             raise OSError(errno.EINVAL, f"start time: {exc}", self.dir) from None

@@ -9,15 +9,14 @@ collector caches the result by (pid, starttime)).
 from __future__ import annotations
 
 import datetime
-import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol
 
-NO_VALUE = "<no value>"  # what Go's text/template prints for a missing map key
+import re2  # type: ignore[import-untyped]
 
-# Template fields process-exporter offers.
-TEMPLATE_FIELDS = ("Comm", "ExeBase", "ExeFull", "Username", "Cgroups", "Cwd", "PID", "StartTime")
+from .gotemplate import GoTime, Template, TemplateError, Value
+from .gotemplate import parse as parse_template
+from .text import clip, excerpt
 
 
 class ProcessView(Protocol):
@@ -43,205 +42,137 @@ class ProcessView(Protocol):
     def start_time(self) -> datetime.datetime: ...
 
 
-# ---------------------------------------------------------------- templates
-
-
-class _Field(NamedTuple):
-    name: str  # a TEMPLATE_FIELDS key, or "Matches"
-    key: str  # the capture name for Matches
-
-
-_ACTION_RE = re.compile(r"{{(-?)\s*(.*?)\s*(-?)}}", re.S)
-
-
-def compile_template(text: str) -> tuple[Any, ...]:
-    """Split a Go text/template name into literal strings and _Field parts.
-
-    Only field references are supported, which is all process-exporter
-    documents; anything else is rejected at load time rather than rendered
-    wrongly at run time. '{{-' and '-}}' trim adjacent whitespace as in Go.
-    """
-    parts: list[Any] = []
-    pos = 0
-    trim_next = False
-    for m in _ACTION_RE.finditer(text):
-        literal = text[pos : m.start()]
-        if trim_next:
-            literal = literal.lstrip()
-        if m.group(1):
-            literal = literal.rstrip()
-        if literal:
-            parts.append(literal)
-        parts.append(_parse_action(m.group(2)))
-        trim_next = bool(m.group(3))
-        pos = m.end()
-    tail = text[pos:]
-    if "{{" in tail or "}}" in tail:
-        raise ValueError(f"unbalanced braces in template {text[:40]!r}")
-    if trim_next:
-        tail = tail.lstrip()
-    if tail:
-        parts.append(tail)
-    return tuple(parts)
-
-
-def _parse_action(action: str) -> _Field:
-    names = action.split(".")
-    if names[0] != "" or len(names) < 2:
-        raise ValueError(f"unsupported template action {{{{{action[:40]}}}}}")
-    if names[1] == "Matches" and len(names) == 3 and names[2]:
-        return _Field("Matches", names[2])
-    if len(names) == 2 and names[1] in TEMPLATE_FIELDS:
-        return _Field(names[1], "")
-    raise ValueError(
-        f"unknown template field {action[:40]!r} (known: "
-        + ", ".join("." + f for f in (*TEMPLATE_FIELDS, "Matches.NAME"))
-        + ")"
-    )
-
-
-def _go_time(t: datetime.datetime) -> str:
-    # Go's time.Time String() layout for a UTC time.
-    return t.strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
-
-
-def render_template(parts: tuple[Any, ...], proc: ProcessView, matches: dict[str, str]) -> str:
-    out = []
-    for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-        elif part.name == "Matches":
-            out.append(matches.get(part.key, NO_VALUE))
-        elif part.name == "Comm":
-            out.append(proc.comm)
-        elif part.name in ("ExeBase", "ExeFull"):
-            argv0 = proc.cmdline[0] if proc.cmdline else proc.comm
-            out.append(os.path.basename(argv0) if part.name == "ExeBase" else argv0)
-        elif part.name == "Username":
-            out.append(proc.username)
-        elif part.name == "Cgroups":
-            out.append("[" + " ".join(proc.cgroups) + "]")
-        elif part.name == "Cwd":
-            out.append(proc.cwd)
-        elif part.name == "PID":
-            out.append(str(proc.pid))
-        else:  # StartTime
-            out.append(_go_time(proc.start_time))
-    return "".join(out)
-
-
 # ------------------------------------------------------------------- regexes
 
-# Go RE2 spellings that Python's re spells differently.
-_POSIX_CLASSES = {
-    "[:alnum:]": "0-9A-Za-z",
-    "[:alpha:]": "A-Za-z",
-    "[:ascii:]": "\\x00-\\x7F",
-    "[:blank:]": "\\t ",
-    "[:cntrl:]": "\\x00-\\x1F\\x7F",
-    "[:digit:]": "0-9",
-    "[:graph:]": "!-~",
-    "[:lower:]": "a-z",
-    "[:print:]": " -~",
-    "[:punct:]": "!-/:-@\\[-`{-~",
-    "[:space:]": "\\t\\n\\v\\f\\r ",
-    "[:upper:]": "A-Z",
-    "[:word:]": "0-9A-Za-z_",
-    "[:xdigit:]": "0-9A-Fa-f",
-}
+# RE2 itself (google-re2), not Python's re: configs are written for Go's
+# regexp, which is RE2's syntax and semantics (\w and \b ASCII, $ only at the
+# end, \pL, \Q...\E, \x{...}), and RE2 matches in time linear in the title,
+# so no rule makes a process's title stall the collection (ReDoS).
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is one config line, not a C++ log line
+_RE2_OPTIONS.max_mem = 8 << 20  # per regex (RE2's default): a larger program fails to compile
 
 
-def translate_go_regex(pattern: str) -> str:
-    """Rewrite the Go (RE2) spellings Python's re spells differently:
-    (?<name>...) named groups, \\z, and POSIX classes such as [[:alpha:]].
+class GoRegex:
+    """A compiled cmdline regex and what .Matches takes from it."""
 
-    A scan, not string replacement: escapes are copied as they are (only a
-    real \\z changes) and POSIX classes are rewritten only inside [...].
-    """
-    out = []
-    i, n, in_class = 0, len(pattern), False
-    while i < n:
-        c = pattern[i]
-        if c == "\\" and i + 1 < n:
-            out.append("\\Z" if pattern[i + 1] == "z" and not in_class else pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            if pattern.startswith("[:^", i):
-                raise ValueError(
-                    f"invalid regex {pattern[:40]!r}: negated POSIX classes ([[:^alpha:]]) are not "
-                    "supported; use [^[:alpha:]]"
-                )
-            if c == "[" and pattern[i + 1 : i + 2] == ":":
-                end = pattern.find(":]", i + 2)
-                posix = _POSIX_CLASSES.get(pattern[i : end + 2]) if end > 0 else None
-                if posix is not None:
-                    out.append(posix)
-                    i = end + 2
-                    continue
-            elif c == "]" and out[-1] not in ("[", "[^"):
-                in_class = False
-            out.append(c)
-        elif c == "[":
-            in_class = True
-            caret = pattern[i + 1 : i + 2] == "^"
-            out.append("[^" if caret else "[")
-            i += 2 if caret else 1
-            continue
-        elif pattern.startswith("(?<", i) and pattern[i + 3 : i + 4] not in ("=", "!"):
-            out.append("(?P<")
-            i += 3
-            continue
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
+    __slots__ = ("_names", "_regex")
+
+    def __init__(self, pattern: str) -> None:
+        try:
+            self._regex = re2.compile(pattern, _RE2_OPTIONS)
+        except re2.error as exc:
+            reason = exc.args[0] if exc.args else exc
+            if isinstance(reason, bytes):
+                reason = reason.decode("utf-8", "replace")
+            raise ValueError(f"invalid regex {excerpt(pattern)}: {clip(str(reason), 80)}") from None
+        # Go's SubexpNames(): "" for the whole match and each unnamed group.
+        names = [""] * (self._regex.groups + 1)
+        for name, index in self._regex.groupindex.items():
+            names[index] = name
+        self._names = tuple(names)
+
+    def captures(self, text: bytes) -> list[tuple[str, str]] | None:
+        """(name, capture) of every group, in order, as process-exporter
+        stores them into .Matches (a later group of the same name wins, an
+        unmatched group is ""); None when the regex does not match.
+
+        text is UTF-8 bytes: a str costs the wrapper an offset translation
+        (3 times the time of the match itself)."""
+        m = self._regex.search(text)
+        if m is None:
+            return None
+        spans = (m.group(0), *m.groups())
+        return [
+            (name, span.decode("utf-8", "replace") if span else "")
+            for name, span in zip(self._names, spans)
+        ]
 
 
-def compile_go_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a Go (RE2) regex with Python's re (see translate_go_regex)."""
-    try:
-        return re.compile(translate_go_regex(pattern))
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise ValueError(f"invalid regex {pattern[:40]!r}: {exc}") from None
+def compile_go_regex(pattern: str) -> GoRegex:
+    """Compile a Go (RE2) regex; ValueError with the reason when invalid."""
+    return GoRegex(pattern)
+
+
+def go_base(path: str) -> str:
+    """Go's filepath.Base: '' is '.', trailing slashes go, '/' stays '/'."""
+    if not path:
+        return "."
+    path = path.rstrip("/")
+    return path.rsplit("/", 1)[-1] if path else "/"
 
 
 # --------------------------------------------------------------------- rules
+
+
+def _field_value(name: str, proc: ProcessView, matches: dict[str, str]) -> Value:
+    """One template field of proc, as process-exporter computes it."""
+    if name == "Matches":
+        return matches
+    if name == "Comm":
+        return proc.comm
+    if name in ("ExeBase", "ExeFull"):
+        argv = proc.cmdline
+        if not argv:
+            return proc.comm  # a zombie or kernel thread: both are comm
+        return go_base(argv[0]) if name == "ExeBase" else argv[0]
+    if name == "Username":
+        return proc.username
+    if name == "Cgroups":
+        return proc.cgroups
+    if name == "Cwd":
+        return proc.cwd
+    if name == "PID":
+        return proc.pid
+    return GoTime(proc.start_time)
 
 
 @dataclass(frozen=True)
 class GroupRule:
     """One process_names entry: all given matchers must match (AND)."""
 
-    template: tuple[Any, ...]
+    template: Template
+    key: str = "process_names[0]"  # names a process whose name renders empty
     comm: frozenset[str] | None = None
     exe_base: dict[str, str] | None = None  # basename -> full path or ""
-    cmdline: tuple[re.Pattern[str], ...] = ()
-    has_cmdline_rule: bool = False
+    cmdline: tuple[GoRegex, ...] | None = None
+
+    @property
+    def matches_without_argv(self) -> bool:
+        """Whether a process with an empty cmdline (a kernel thread) can match."""
+        if self.exe_base is not None:
+            return False
+        return all(r.captures(b"") is not None for r in self.cmdline or ())
 
     def match(self, proc: ProcessView) -> str | None:
-        """Return the group name for proc, or None when the rule does not match."""
+        """Return the group name for proc, or None when the rule does not match.
+
+        A name that renders empty (a capture that matched nothing, an index
+        out of range) is the rule's key, e.g. 'process_names[2]': no two
+        rules merge into one nameless group, and the series keeps a label.
+        """
         if self.comm is not None and proc.comm not in self.comm:
             return None
         if self.exe_base is not None:
             argv = proc.cmdline
             if not argv:
                 return None
-            full = self.exe_base.get(os.path.basename(argv[0]))
+            full = self.exe_base.get(go_base(argv[0]))
             if full is None or (full and full != argv[0]):
                 return None
         matches: dict[str, str] = {}
-        if self.has_cmdline_rule:
-            joined = " ".join(proc.cmdline)
+        if self.cmdline is not None:
+            joined = " ".join(proc.cmdline).encode()  # no surrogates: decoded with "replace"
             for regex in self.cmdline:
-                m = regex.search(joined)
-                if m is None:
+                captures = regex.captures(joined)
+                if captures is None:
                     return None
-                matches.update((k, v or "") for k, v in m.groupdict().items())
-        return render_template(self.template, proc, matches)
+                matches.update(captures)
+        name = self.template.render(lambda field: _field_value(field, proc, matches))
+        return name or self.key
 
 
-_RULE_KEYS = {"name", "comm", "exe", "cmdline"}
+RULE_KEYS = ("name", "comm", "exe", "cmdline")
 
 
 def _string_list(raw: Any, key: str) -> list[str]:
@@ -250,53 +181,49 @@ def _string_list(raw: Any, key: str) -> list[str]:
     return raw
 
 
-def compile_rule(raw: Any) -> GroupRule:
-    """Build a GroupRule from one YAML process_names entry.
+def compile_rule(raw: Any, key: str = "process_names[0]") -> GroupRule:
+    """Build a GroupRule from one YAML process_names entry; keys other than
+    RULE_KEYS are ignored, as process-exporter does (the loader warns).
 
     Errors are ValueError('.key: reason') so the config loader can prefix the
     entry's position.
     """
     if not isinstance(raw, dict):
         raise ValueError(": must be a mapping with name/comm/exe/cmdline")
-    for key in raw:
-        if key not in _RULE_KEYS:
-            raise ValueError(f".{str(key)[:40]}: unknown key (known: name, comm, exe, cmdline)")
     name = raw.get("name") or "{{.ExeBase}}"
     if not isinstance(name, str):
         raise ValueError(".name: must be a string")
     try:
-        template = compile_template(name)
-    except ValueError as exc:
-        raise ValueError(f".name: {exc}") from None
+        template = parse_template(name)
+    except TemplateError as exc:
+        raise ValueError(f".name: {exc} in {excerpt(name)}") from None
 
-    comm = exe = None
-    regexes: list[re.Pattern[str]] = []
+    comm = exe = regexes = None
     if raw.get("comm") is not None:
         comm = frozenset(_string_list(raw["comm"], "comm"))
     if raw.get("exe") is not None:
-        exe = {
-            os.path.basename(e): (e if "/" in e else "") for e in _string_list(raw["exe"], "exe")
-        }
+        exe = {go_base(e): (e if "/" in e else "") for e in _string_list(raw["exe"], "exe")}
     if raw.get("cmdline") is not None:
+        regexes = []
         for i, pattern in enumerate(_string_list(raw["cmdline"], "cmdline")):
             try:
                 regexes.append(compile_go_regex(pattern))
             except ValueError as exc:
                 raise ValueError(f".cmdline[{i}]: {exc}") from None
-    if comm is None and exe is None and raw.get("cmdline") is None:
+    if comm is None and exe is None and regexes is None:
         raise ValueError(": needs at least one of comm, exe, cmdline")
     return GroupRule(
         template=template,
+        key=key,
         comm=comm,
         exe_base=exe,
-        cmdline=tuple(regexes),
-        has_cmdline_rule=raw.get("cmdline") is not None,
+        cmdline=None if regexes is None else tuple(regexes),
     )
 
 
-def template_fields(rule: GroupRule) -> set[str]:
+def template_fields(rule: GroupRule) -> frozenset[str]:
     """The template fields a rule's name uses (to document/plan reads)."""
-    return {p.name for p in rule.template if isinstance(p, _Field)}
+    return rule.template.fields
 
 
 # ------------------------------------------------------------------- php-fpm

@@ -1,6 +1,14 @@
-"""Host-wide memory sources: /proc/meminfo, OOM kills from /proc/vmstat,
-memory pressure from /proc/pressure/memory, and the accounting pass that
-reconciles every process's PSS with meminfo."""
+"""Host-wide memory sources, one per /proc file: meminfo, vmstat (OOM
+kills), pressure/memory and zoneinfo, and the accounting pass that
+reconciles every process's PSS with meminfo (and zoneinfo).
+
+A host file that is missing, unreadable or malformed makes its source raise
+(the SourceRunner reports it down: pss_exporter_source_up 0) and loses only
+what it gives. What a kernel does not have by design is no failure: without
+/proc/pressure (kernel < 4.20, PSI off) the pressure source does not exist;
+a vmstat without oom_kill (< 4.13) or a meminfo without MemAvailable (< 3.14)
+is up, with the series that need them left out.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +17,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
-from .accounting import REQUIRED, Accounting, ProcessTotals, reconcile, used, used_procps3
+from .accounting import Accounting, ProcessTotals, reconcile, used, used_procps3
 from .discovery import PARSE, SMALL_FILE, ZONEINFO_LIMIT, error_reason, read_bytes
-from .procfs import Memory, ParseError, parse_meminfo, parse_pressure, parse_uint, parse_zoneinfo
+from .procfs import (
+    Memory,
+    ParseError,
+    Watermarks,
+    parse_meminfo,
+    parse_pressure,
+    parse_uint,
+    parse_zoneinfo,
+)
 from .scheduling import read_memory
 from .snapshot import optional_sum
 from .sources import Cycle
@@ -27,36 +43,28 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class HostMemory:
-    meminfo: dict[str, int]  # empty when /proc/meminfo could not be read
-    oom_kills: int | None  # None: no oom_kill in /proc/vmstat (kernel < 4.13)
-    pressure: dict[str, float] | None  # None: no PSI (kernel < 4.20 or psi=0)
-    # Read error reasons (discovery.REASONS) of the files that exist but
-    # could not be used, for pss_exporter_read_errors_total.
-    errors: tuple[str, ...] = ()
+class ProcFile(Generic[T]):
+    """One host file as a source: collect() is parse(its bytes). A file that
+    cannot be read or parsed raises (OSError, ParseError) after its reason is
+    counted in read_errors, but for a missing one: nothing was read."""
 
+    name: str
+    path: str
+    parse: Callable[[bytes], T]
+    errors: ReadErrors
+    limit: int = SMALL_FILE
+    to_eof: bool = False
 
-def _optional(
-    path: str,
-    parse: Callable[[bytes], T],
-    errors: list[str],
-    limit: int = SMALL_FILE,
-    to_eof: bool = False,
-) -> T | None:
-    """parse(the file's bytes), or None when it is missing (an older kernel,
-    PSI off) or unusable: then its reason goes to errors and one warning is
-    logged. A garbled host file loses only what it gives."""
-    try:
-        return parse(read_bytes(path, limit, to_eof=to_eof))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        errors.append(error_reason(exc))
-        log.warning("cannot read %s: %s", path, exc.strerror)
-    except ParseError as exc:
-        errors.append(PARSE)
-        log.warning("cannot parse %s: %s", path, exc)
-    return None
+    def collect(self, cycle: Cycle) -> T:
+        try:
+            return self.parse(read_bytes(self.path, self.limit, to_eof=self.to_eof))
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):  # a missing file read nothing
+                self.errors.count(error_reason(exc))
+            raise
+        except ParseError:
+            self.errors.count(PARSE)
+            raise
 
 
 def vmstat_oom_kills(data: bytes) -> int | None:
@@ -69,57 +77,52 @@ def vmstat_oom_kills(data: bytes) -> int | None:
     return parse_uint(data[at + 9 : end if end >= 0 else None].strip(), "vmstat: oom_kill")
 
 
-def read_host(procfs: str) -> HostMemory:
-    """The cheap host files, read every collection."""
-    errors: list[str] = []
-    meminfo = _optional(f"{procfs}/meminfo", parse_meminfo, errors)
-    if meminfo is None:
-        log.warning("no %s/meminfo: host memory metrics are left out", procfs)
-    return HostMemory(
-        meminfo or {},
-        _optional(f"{procfs}/vmstat", vmstat_oom_kills, errors, to_eof=True),
-        _optional(f"{procfs}/pressure/memory", parse_pressure, errors),
-        tuple(errors),
+@dataclass(frozen=True)
+class HostSources:
+    """The host files' sources. pressure is None when the kernel has no PSI
+    (no /proc/pressure: < 4.20, CONFIG_PSI off, psi=0), decided at start:
+    the directory comes and goes only with a reboot."""
+
+    meminfo: ProcFile[dict[str, int]]
+    vmstat: ProcFile[int | None]
+    pressure: ProcFile[dict[str, float]] | None
+    zoneinfo: ProcFile[Watermarks]  # read by the accounting pass only
+
+
+def host_sources(procfs: str, errors: ReadErrors) -> HostSources:
+    pressure = None
+    if os.path.isdir(f"{procfs}/pressure"):
+        pressure = ProcFile("pressure", f"{procfs}/pressure/memory", parse_pressure, errors)
+    else:
+        log.info("no %s/pressure (kernel < 4.20, or PSI off): no host pressure series", procfs)
+    return HostSources(
+        ProcFile("meminfo", f"{procfs}/meminfo", parse_meminfo, errors),
+        ProcFile("vmstat", f"{procfs}/vmstat", vmstat_oom_kills, errors, to_eof=True),
+        pressure,
+        ProcFile(
+            "zoneinfo", f"{procfs}/zoneinfo", parse_zoneinfo, errors, ZONEINFO_LIMIT, to_eof=True
+        ),
     )
 
 
 def account(
-    procfs: str, meminfo: dict[str, int], totals: ProcessTotals, duration: float, now: float
-) -> Accounting | None:
-    """Reconcile used memory; None when zoneinfo or a meminfo field it needs is missing."""
-    marks = _optional(f"{procfs}/zoneinfo", parse_zoneinfo, [], ZONEINFO_LIMIT, to_eof=True)
-    missing = [key for key in REQUIRED if key not in meminfo]
-    if marks is None or missing:
-        why = f"meminfo lacks {', '.join(missing)}" if missing else "no usable zoneinfo"
-        log.warning("cannot reconcile: %s in %s", why, procfs)
-        return None
+    meminfo: dict[str, int],
+    marks: Watermarks | None,
+    totals: ProcessTotals,
+    duration: float,
+    now: float,
+) -> Accounting:
+    """Both "used" from meminfo alone, and the reconciliation of the first
+    (without marks, what zoneinfo splits out stays in unexplained)."""
+    total_used = used(meminfo)
     return Accounting(
-        used=used(meminfo),
+        used=total_used,
         used_procps3=used_procps3(meminfo),
-        components=reconcile(meminfo, marks, PAGE_SIZE, totals),
+        components={} if total_used is None else reconcile(meminfo, marks, PAGE_SIZE, totals),
         totals=totals,
         duration=duration,
         finished=now,
     )
-
-
-NO_HOST = HostMemory({}, None, None)
-
-
-class HostSource:
-    """The cheap host files, every cycle; their read errors are counted."""
-
-    name = "host"
-
-    def __init__(self, procfs: str, errors: ReadErrors) -> None:
-        self.procfs = procfs
-        self._errors = errors
-
-    def collect(self, cycle: Cycle) -> HostMemory:
-        host = read_host(self.procfs)
-        for reason in host.errors:
-            self._errors.count(reason)
-        return host
 
 
 class AccountingSource:
@@ -139,10 +142,17 @@ class AccountingSource:
         self._latest: Accounting | None = None
         self._at = NEVER
 
+    def due(self, cycle: Cycle) -> bool:
+        """Whether this cycle makes a pass (and so reads zoneinfo for it)."""
+        return self._elapsed(cycle.now) and bool(cycle.meminfo)
+
+    def _elapsed(self, now: float) -> bool:
+        return now - self._at + self._slack >= self.interval
+
     def collect(self, cycle: Cycle) -> Accounting | None:
-        if cycle.now - self._at + self._slack >= self.interval:
+        if self._elapsed(cycle.now):
             self._latest = None  # should this one fail, no earlier one stands in
-            if cycle.meminfo:  # none when the host source failed: tried again next cycle
+            if cycle.meminfo:  # none when meminfo failed: tried again next cycle
                 self._latest = self._account(cycle)
                 self._at = cycle.now  # after it: a failed one is tried again next cycle
         return self._latest
@@ -173,4 +183,5 @@ class AccountingSource:
             len(mems),
             unreadable,
         )
-        return account(self.procfs, cycle.meminfo, totals, time.perf_counter() - start, time.time())
+        duration = time.perf_counter() - start
+        return account(cycle.meminfo, cycle.zoneinfo, totals, duration, time.time())

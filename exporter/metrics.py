@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
+from .capacity import BASES, Figures
 from .discovery import REASONS
 from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snapshot
 
@@ -69,8 +70,8 @@ _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] =
     (
         "pss_group_workers",
         "Workers in the group: its processes but php-fpm masters, php-fpm status-pool "
-        "processes and zombies, counted when their memory is known",
-        lambda g: g.worker_pss.count,
+        "processes and zombies, whether their memory could be read this cycle or not",
+        lambda g: g.workers,
     ),
 )
 
@@ -94,7 +95,7 @@ def worker_families(groups: tuple[GroupStats, ...]) -> Iterator[Metric]:
         for suffix, doc, q in _WORKER_QUANTILES:
             fam = GaugeMetricFamily(
                 f"pss_group_worker_{kind}_{suffix}_bytes",
-                f"{doc} of the {label} of the group's workers (see pss_group_workers)",
+                f"{doc} of the {label} of the group's workers whose memory is known",
                 labels=["group"],
             )
             for g in groups:
@@ -243,23 +244,47 @@ _POOL_FAMILIES: tuple[tuple[str, str, str, Callable[[PoolStats], float | None]],
         lambda p: p.capacity.shared,
     ),
     (
-        "pss_phpfpm_projected_bytes",
-        "gauge",
-        "Memory if all max_children workers ran: shared + max_children x worker USS (p95 or max)",
-        lambda p: p.capacity.projected,
-    ),
-    (
         "pss_phpfpm_budget_bytes",
         "gauge",
-        "Memory the pool may use: its PSS plus MemAvailable or its cgroup's headroom, "
-        "whichever is smaller, less the reserve",
+        "Memory the pool may use: its share, in proportion to its peak demand, of its memory "
+        "domain's room (the domain's pools' PSS plus MemAvailable or the cgroup headroom, "
+        "whichever is smaller), less the reserve",
         lambda p: p.capacity.budget,
     ),
     (
-        "pss_phpfpm_recommended_max_children",
+        "pss_phpfpm_domain_room_bytes",
         "gauge",
-        "pm.max_children that fits the budget: floor((budget - shared) / worker USS (p95 or max))",
-        lambda p: p.capacity.recommended,
+        "Memory the pools of this pool's memory domain (its cgroup with a limit, or the host) "
+        "can use together, before the reserve",
+        lambda p: p.capacity.room,
+    ),
+    (
+        "pss_phpfpm_worker_peaks",
+        "gauge",
+        "Workers whose peak is in the window (php_fpm.window)",
+        lambda p: len(p.capacity.peaks.peaks),
+    ),
+)
+
+# name, help, value getter over a basis's Figures: per pool and basis (observed_peak:
+# the workers' peaks in the window; memory_limit: PHP's memory_limit plus the
+# workers' baseline).
+_BASIS_FAMILIES: tuple[tuple[str, str, Callable[[Figures], int | None]], ...] = (
+    (
+        "pss_phpfpm_worker_size_bytes",
+        "Worker size: p95 (or max) of the workers' peak USS in the window, or memory_limit "
+        "plus the least worker USS",
+        lambda s: s.worker_size,
+    ),
+    (
+        "pss_phpfpm_projected_bytes",
+        "Memory if all max_children workers ran at the worker size: shared + max_children x size",
+        lambda s: s.projected,
+    ),
+    (
+        "pss_phpfpm_recommended_max_children",
+        "pm.max_children that fits the budget: floor((budget - shared) / worker size)",
+        lambda s: s.recommended,
     ),
 )
 
@@ -272,6 +297,14 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
             value = get(pool)
             if value is not None:
                 fam.add_metric([pool.info.group], value)
+        yield fam
+    for name, doc, of in _BASIS_FAMILIES:
+        fam = GaugeMetricFamily(name, doc, labels=["group", "basis"])
+        for pool in snap.pools:
+            for basis in BASES:
+                value = of(pool.capacity.bases[basis])
+                if value is not None:
+                    fam.add_metric([pool.info.group, basis], value)
         yield fam
     processes = GaugeMetricFamily(
         "pss_phpfpm_processes",
@@ -396,14 +429,27 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     for name, has in snap.own.privileges:
         caps.add_metric([name], int(has))
     yield caps
-    if snap.kmsg_up is not None:
-        source = GaugeMetricFamily(
-            "pss_exporter_source_up",
-            "1 when the source can be read (kmsg: the kernel log, for OOM attribution)",
-            labels=["source"],
-        )
-        source.add_metric(["kmsg"], int(snap.kmsg_up))
-        yield source
+
+
+def source_families(snap: Snapshot) -> Iterator[Metric]:
+    """Each source's health this collection (Snapshot.sources)."""
+    up = GaugeMetricFamily(
+        "pss_exporter_source_up",
+        "1 when the source was read in full in the last collection; 0 when its input was "
+        "missing, unreadable or malformed, or it failed, and its series are left out "
+        "(zoneinfo: as read by the last reconciliation). A source the kernel lacks by "
+        "design (pressure before 4.20) or that is disabled has no series",
+        labels=["source"],
+    )
+    duration = GaugeMetricFamily(
+        "pss_exporter_source_duration_seconds",
+        "Time the source took in the last collection (zoneinfo: in the last reconciliation)",
+        labels=["source"],
+    )
+    for result in snap.sources:
+        up.add_metric([result.name], int(result.ok))
+        duration.add_metric([result.name], result.duration)
+    yield from (up, duration)
 
 
 def _renders(value: object) -> bool:
@@ -460,7 +506,13 @@ def own_families(snap: Snapshot) -> Iterator[Metric]:
 
 def _families(snap: Snapshot) -> _Families:
     return _Families(
-        [*snapshot_families(snap), *pool_families(snap), *host_families(snap), *own_families(snap)]
+        [
+            *snapshot_families(snap),
+            *pool_families(snap),
+            *host_families(snap),
+            *source_families(snap),
+            *own_families(snap),
+        ]
     )
 
 

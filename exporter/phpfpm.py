@@ -321,7 +321,22 @@ class _Loaded(NamedTuple):
     pools: dict[str, PoolSettings] | None  # None: it could not be read
     sockets: Listening  # what the master listens on
     listed_at: float  # monotonic time sockets were listed
+    ok: bool  # the load found no error
 
+
+class Loads(NamedTuple):
+    """The trusted masters' configs as last loaded (MasterConfigs.settings)."""
+
+    settings: dict[tuple[int, str], PoolSettings]  # by (master pid, pool name)
+    sockets: dict[int, Listening]  # by master pid
+    failed: int  # masters whose last load found an error
+
+    def error(self) -> str | None:
+        """Why the phpfpm_config source is down; None when it is not."""
+        return f"{self.failed} php-fpm master(s): config errors (logged)" if self.failed else None
+
+
+NO_LOADS = Loads({}, {}, 0)
 
 Answer = tuple[bool, PoolStatus | None]  # (queried, status): see _status
 Pending = list[tuple[PoolRef, PoolSettings | None, Future[Answer]]]
@@ -350,9 +365,7 @@ class MasterConfigs:
             for name in loaded.pools or ()
         ]
 
-    def settings(
-        self, refs: list[PoolRef], masters: dict[int, FpmMaster]
-    ) -> tuple[dict[tuple[int, str], PoolSettings], dict[int, Listening]]:
+    def settings(self, refs: list[PoolRef], masters: dict[int, FpmMaster]) -> Loads:
         """Pool settings of every master, and the sockets each listens on."""
         workers: dict[tuple[int, str], set[int]] = {
             (pid, m.conf): set() for pid, m in masters.items()
@@ -390,7 +403,8 @@ class MasterConfigs:
             for (pid, _), loaded in configs.items()
             for name, pool in (loaded.pools or {}).items()
         }
-        return settings, {pid: loaded.sockets for (pid, _), loaded in configs.items()}
+        sockets = {pid: loaded.sockets for (pid, _), loaded in configs.items()}
+        return Loads(settings, sockets, sum(not loaded.ok for loaded in configs.values()))
 
     def _load(
         self,
@@ -421,7 +435,7 @@ class MasterConfigs:
                 sockets, listed_at = self._sockets(pid, conf, pools, now, previous, errors, notes)
         self.errors += bool(errors)
         self._report(pid, errors + notes)
-        return _Loaded(frozenset(workers), now, pools, sockets, listed_at)
+        return _Loaded(frozenset(workers), now, pools, sockets, listed_at, not errors)
 
     def _read_config(self, pid: int, conf: str, uid: int) -> dict[str, PoolSettings]:
         """Read as the master's user (uid) could. Raises FpmConfigError."""
@@ -557,15 +571,19 @@ class PhpFpmSource:
         """For the grouping (classify.FpmTrust): the pools to name."""
         return self.configs.configured(masters)
 
-    def start(self, refs: list[PoolRef], masters: dict[int, FpmMaster]) -> Pending:
-        """Read the masters' configs and start every pool's status query.
+    def load(self, refs: list[PoolRef], masters: dict[int, FpmMaster]) -> Loads:
+        """Read the masters' configs that are due (MasterConfigs.settings)."""
+        return self.configs.settings(refs, masters)
+
+    def start(self, refs: list[PoolRef], masters: dict[int, FpmMaster], loads: Loads) -> Pending:
+        """Start every pool's status query, with the settings loads holds.
 
         refs are the pools seen through the workers of masters (the trusted
         ones); pools a master configures but runs no worker for (ondemand,
         idle) are added. Each query gets its own thread, so a saturated pool
         delays no other pool.
         """
-        settings, sockets = self.configs.settings(refs, masters)
+        settings, sockets = loads.settings, loads.sockets
         running = dict.fromkeys((r.pool, r.master_pid) for r in refs)
         idle = [(name, pid) for pid, name in settings if (name, pid) not in running]
         # The one naming rule over the pools the grouping named (classify.Grouper:

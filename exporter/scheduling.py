@@ -114,8 +114,8 @@ class Scheduler:
         self._members = frozen
         due = []
         for p, group in zip(procs, groups):
-            if p.state == "Z":
-                continue  # nothing to read: a zombie's memory is gone
+            if not p.holds_memory:
+                continue  # nothing to read: a zombie's memory is gone, a kernel thread has none
             age = now - p.read_at + self._slack
             if p.memory is not None and p.memory.rss >= cc.large_rss:
                 if age >= cc.large_interval:

@@ -6,13 +6,21 @@ metrics, web and CLI views show is computed here, once per collection.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .accounting import Accounting
-from .capacity import Capacity, pool_capacity, quantile
+from .capacity import (
+    HOST,
+    NO_PEAKS,
+    Capacity,
+    PoolDemand,
+    PoolPeaks,
+    capacities,
+    nearest_rank,
+    quantile,
+)
 from .cgroup import CgroupState
 from .config import PhpFpmConfig
 from .phpfpm_config import PoolSettings
@@ -34,7 +42,8 @@ class Sample(NamedTuple):
     denied) or has not been read yet (stale: deferred by the time budget).
     stale with memory set means the values are from an earlier cycle.
     Workers are all processes except php-fpm masters, status-pool processes
-    and zombies.
+    and zombies (a trusted master's child is a worker whatever its title:
+    classify.FpmView.is_worker).
     """
 
     group: str
@@ -46,11 +55,13 @@ class Sample(NamedTuple):
 
 class SourceResult(NamedTuple):
     """How one source of a collection did (see sources.py): ok is False when
-    it raised and its part of the snapshot is missing."""
+    it raised (its part of the snapshot is missing) or could read only part
+    of its input; error says why."""
 
     name: str
     ok: bool
     duration: float  # seconds
+    error: str | None = None
 
 
 class LargeRead(NamedTuple):
@@ -91,6 +102,9 @@ class GroupStats:
     pss_shmem: int | None
     worker_pss: Distribution
     worker_uss: Distribution
+    # Every worker, its memory known or not (unreadable, deferred before its
+    # first read): the distributions count only those whose memory is known.
+    workers: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,6 @@ class Snapshot:
     accounting: Accounting | None = None  # the latest reconciliation
     group_oom_kills: dict[str, int] = field(default_factory=dict)  # by victim's group (oom.py)
     oom_unattributed: int | None = None  # kills no group could be given; None: not counted
-    kmsg_up: bool | None = None  # None: the kernel log is not watched
     # The exporter's own process (capabilities, CPU, memory, descriptors), read
     # with the collection so that rendering reads nothing.
     own: OwnProcess = field(default_factory=OwnProcess)
@@ -166,12 +179,6 @@ class Snapshot:
     @property
     def finished(self) -> float:
         return self.started + self.duration
-
-
-def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
-    """The nearest-rank quantile: an actual member's value, never interpolated."""
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def distribution(values: list[int]) -> Distribution:
@@ -213,6 +220,7 @@ def aggregate_group(name: str, samples: list[Sample]) -> GroupStats:
         pss_shmem=optional_sum([m.pss_shmem for m in mems]),
         worker_pss=distribution([m.pss for m in workers]),
         worker_uss=distribution([m.uss for m in workers]),
+        workers=sum(s.is_worker for s in samples),
     )
 
 
@@ -228,22 +236,28 @@ def pool_stats(
     groups: tuple[GroupStats, ...],
     mem_available: int | None,
     cgroups: dict[str, CgroupState],
+    peaks: dict[str, PoolPeaks],
     fpm: PhpFpmConfig,
 ) -> tuple[PoolStats, ...]:
-    """Join each pool with its group's memory and compute its capacity."""
+    """Join each pool with its group's memory, its cgroup and its workers'
+    peaks, and compute the capacities of the pools of each memory domain."""
     by_name = {g.name: g for g in groups}
-    out = []
-    for info in sorted(infos, key=lambda i: i.group):
+    infos = tuple(sorted(infos, key=lambda i: i.group))
+    demands = []
+    for info in infos:
         g = by_name.get(info.group)  # None: a configured pool with no worker alive
-        capacity = pool_capacity(
-            g.pss if g else 0,
-            g.uss if g else 0,
-            g.worker_uss.quantiles if g else (),
-            info.max_children,
-            mem_available,
-            cgroups[info.group].headroom if info.group in cgroups else None,
-            fpm.reserve,
-            fpm.sizing,
+        cg = cgroups.get(info.group)
+        demands.append(
+            PoolDemand(
+                group=info.group,
+                pss=g.pss if g else 0,
+                uss=g.uss if g else 0,
+                peaks=peaks.get(info.group, NO_PEAKS),
+                max_children=info.max_children,
+                memory_limit=info.settings.memory_limit if info.settings else None,
+                domain=(cg.domain if cg else None) or HOST,
+                headroom=cg.headroom if cg else None,
+            )
         )
-        out.append(PoolStats(info, capacity))
-    return tuple(out)
+    found = capacities(demands, mem_available, fpm.reserve, fpm.sizing)
+    return tuple(PoolStats(info, found[info.group]) for info in infos)

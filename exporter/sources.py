@@ -4,12 +4,16 @@ A source has a `name` and `collect(cycle) -> T`: given what this cycle found
 (the `Cycle`), it returns its part of the Snapshot. `SourceRunner` runs them
 one by one, as node_exporter's collector.go execute() does: each is timed,
 and one that raises loses only its own part for that cycle (the `failed`
-value the caller gives), is logged in one line and reported not ok in
-`Snapshot.sources`; every other source and every group is intact.
+value the caller gives) and is reported down in `Snapshot.sources`
+(`pss_exporter_source_up` 0); every other source and every group is
+intact. A source that returns what it could read but not all of it is
+reported down through the caller's `down` check. Either is logged in one
+line when the source goes down, not again while it stays down.
 
-The sources: host files and accounting (host.py), cgroups, the kernel log
-and php-fpm pools (here). php-fpm runs in two steps around the smaps reads
-(its status pages answer meanwhile); both are timed under one name.
+The sources: the host files and the accounting (host.py), cgroups, the
+kernel log and php-fpm (here). php-fpm is two sources: its config loads
+(phpfpm_config) and its status pages (phpfpm_status), which run in two steps
+around the smaps reads (the pages answer meanwhile), both timed under one name.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from .classify import OTHER_GROUP, FpmView
 from .counters import Monotonic
 from .kmsg import KmsgWatcher
 from .oom import OomUnit
-from .phpfpm import Pending, PhpFpmSource, PoolRef
+from .phpfpm import Loads, Pending, PhpFpmSource, PoolRef
+from .procfs import Watermarks
 from .snapshot import PoolInfo, SourceResult
 from .tracking import Proc
 
@@ -54,45 +59,86 @@ class Cycle:
     groups: list[str]  # their groups, in the same order
     view: FpmView  # who is php-fpm's
     processes: Mapping[int, Proc]  # every process listed, grouped or not
-    meminfo: dict[str, int] = field(default_factory=dict)  # once the host source ran
+    meminfo: dict[str, int] = field(default_factory=dict)  # once the meminfo source ran
+    zoneinfo: Watermarks | None = None  # read for the accounting pass, when one is due
 
 
 class Source(Protocol[T_co]):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def collect(self, cycle: Cycle) -> T_co: ...
 
 
 class SourceRunner:
-    """Runs sources with isolation and keeps each one's result for the cycle."""
+    """Runs sources with isolation and keeps each one's result for the cycle.
 
-    def __init__(self) -> None:
+    previous holds the last completed cycle's results: a source is logged
+    when it goes down (and when it is back), not on every cycle it stays down,
+    and one that did not run this cycle can report its latest result (keep).
+    """
+
+    def __init__(self, previous: Mapping[str, SourceResult] | None = None) -> None:
+        self._previous = previous or {}
         self._results: dict[str, SourceResult] = {}
 
-    def run(self, source: Source[T], cycle: Cycle, failed: T) -> T:
-        return self.call(source.name, lambda: source.collect(cycle), failed)
+    def run(
+        self,
+        source: Source[T],
+        cycle: Cycle,
+        failed: T,
+        down: Callable[[T], str | None] | None = None,
+    ) -> T:
+        return self.call(source.name, lambda: source.collect(cycle), failed, down)
 
-    def call(self, name: str, collect: Callable[[], T], failed: T) -> T:
-        """collect(), or failed when it raises. Results of the same name in
-        one cycle are joined: ok when each was, their durations added."""
+    def call(
+        self,
+        name: str,
+        collect: Callable[[], T],
+        failed: T,
+        down: Callable[[T], str | None] | None = None,
+    ) -> T:
+        """collect(), or failed when it raises. down(value), when given, says
+        why a value that was returned is incomplete (None: it is not). Results
+        of the same name in one cycle are joined: ok when each was, their
+        durations added."""
         start = time.perf_counter()
-        ok = True
+        error: str | None
         try:
             value = collect()
         except Exception as exc:  # a bug or a surprise in one source: only its metrics go
-            log.error("source %s failed: %s: %.200r", name, type(exc).__name__, str(exc))
+            value, error = failed, f"{type(exc).__name__}: {repr(str(exc))[:200]}"
+            self._log(name, logging.ERROR, f"failed: {error}")
             log.debug("source %s failed", name, exc_info=True)
-            value, ok = failed, False
+        else:
+            error = down(value) if down is not None else None
+            if error is not None:
+                self._log(name, logging.WARNING, f"down: {error}")
         seconds = time.perf_counter() - start
         before = self._results.get(name)
         if before is not None:
-            ok, seconds = ok and before.ok, seconds + before.duration
-        self._results[name] = SourceResult(name, ok, seconds)
+            error, seconds = before.error or error, seconds + before.duration
+        self._results[name] = SourceResult(name, error is None, seconds, error)
         return value
+
+    def _log(self, name: str, level: int, message: str) -> None:
+        """One line when a source goes down; none while it stays down."""
+        if all(r is None or r.ok for r in (self._results.get(name), self._previous.get(name))):
+            log.log(level, "source %s %s", name, message)
+
+    def keep(self, name: str) -> None:
+        """Report the previous cycle's result of a source that did not run in
+        this one (zoneinfo, read only by the accounting pass), if it had one."""
+        if name in self._previous and name not in self._results:
+            self._results[name] = self._previous[name]
 
     def results(self) -> tuple[SourceResult, ...]:
         """This cycle's results, in the order the sources first ran; starts the next cycle."""
         results, self._results = tuple(self._results.values()), {}
+        for r in results:
+            before = self._previous.get(r.name)
+            if r.ok and before is not None and not before.ok:
+                log.info("source %s is back", r.name)
         return results
 
 
@@ -209,19 +255,25 @@ class KernelLogSource:
 
 
 class FpmPoolsSource:
-    """php-fpm pools: configs read and status queries started before the
-    smaps reads (start), answers joined after them (collect)."""
+    """php-fpm pools, two sources: the masters' config loads (load, source
+    phpfpm_config), then the status queries, started before the smaps reads
+    (start) and joined after them (collect, source phpfpm_status)."""
 
-    name = "php-fpm"
+    name = "phpfpm_status"
+    config_name = "phpfpm_config"
 
     def __init__(self, fpm: PhpFpmSource) -> None:
         self.fpm = fpm
         self._pending: Pending = []
         self._deadline = 0.0
 
-    def start(self, cycle: Cycle) -> None:
+    def load(self, cycle: Cycle) -> Loads:
+        """The pools' settings, each trusted master's config read when due."""
+        return self.fpm.load(pool_refs(cycle), cycle.view.masters)
+
+    def start(self, cycle: Cycle, loads: Loads) -> None:
         self._pending = []  # a failed start leaves no pool of an earlier cycle behind
-        self._pending = self.fpm.start(pool_refs(cycle), cycle.view.masters)
+        self._pending = self.fpm.start(pool_refs(cycle), cycle.view.masters, loads)
         self._deadline = time.monotonic() + self.fpm.timeout
 
     def collect(self, cycle: Cycle) -> tuple[PoolInfo, ...]:

@@ -41,6 +41,7 @@ class Proc:
         "dirty",
         "fpm",
         "group",
+        "kernel_thread",
         "memory",
         "pid",
         "ppid",
@@ -65,6 +66,7 @@ class Proc:
     ) -> None:
         self.pid, self.starttime = pid, st.starttime
         self.ppid, self.state = st.ppid, st.state
+        self.kernel_thread = st.is_kernel_thread
         self.group = group  # from process_names; None: no rule matched
         # php-fpm title, whether or not php_fpm grouping is on; a process the
         # collector does not trust as php-fpm's keeps its process_names group
@@ -87,6 +89,12 @@ class Proc:
     def is_master(self) -> bool:
         return self.fpm is not None and self.fpm.is_master
 
+    @property
+    def holds_memory(self) -> bool:
+        """False for a zombie (its memory is gone) and a kernel thread (it
+        has none of its own; its smaps_rollup reads ESRCH): counted, never read."""
+        return self.state != "Z" and not self.kernel_thread
+
 
 # Makes the Proc of a process seen for the first time (or under a new start
 # time): (pid, its stat, its parent's Proc if known). May raise OSError.
@@ -103,13 +111,18 @@ class Tracker:
         errors: ReadErrors,
         use_statm: bool,
         cgroups: bool,
+        kernel_threads: bool = False,
     ) -> None:
         self.procfs = procfs
         self._classify = classify
         self._errors = errors
         self._use_statm = use_statm  # full freshness (max_age 0) needs no change detection
         self._cgroups = cgroups  # read /proc/PID/cgroup of tracked processes
+        # Classify kernel threads too: only when a rule can match a process
+        # without argv (a comm rule), as process-exporter groups them then.
+        self._kernel_threads = kernel_threads
         self._procs: dict[int, Proc] = {}
+        self._kthreads: dict[int, Proc] = {}  # kept apart: `processes` has none
 
     @property
     def processes(self) -> Mapping[int, Proc]:
@@ -119,14 +132,16 @@ class Tracker:
     def forget(self, pid: int) -> None:
         """pid vanished or became garbled: it is classified afresh if seen again."""
         self._procs.pop(pid, None)
+        self._kthreads.pop(pid, None)
 
     def discover(self, pids: list[int], now: float) -> list[Proc]:
         """The tracked processes among pids; stat is read only where statm changed."""
         procs: dict[int, Proc] = {}
+        kthreads: dict[int, Proc] = {}
         tracked = []
         base = self.procfs
         for pid in pids:
-            p = self._procs.get(pid)
+            p = self._procs.get(pid) or self._kthreads.get(pid)
             statm = None
             if p is not None and p.statm is not None:
                 try:
@@ -134,7 +149,7 @@ class Tracker:
                 except OSError:
                     statm = None  # let the stat read below decide what happened
                 if statm == p.statm:  # same process, same memory map size
-                    procs[pid] = p
+                    (kthreads if p.kernel_thread else procs)[pid] = p
                     tracked.append(p)
                     continue
             try:
@@ -145,15 +160,21 @@ class Tracker:
             except ParseError:
                 self._errors.count(PARSE)
                 continue
-            if st.is_kernel_thread:
+            if st.is_kernel_thread and not self._kernel_threads:
                 continue
             if p is None or p.starttime != st.starttime or p.provisional:
+                parent = (
+                    procs.get(st.ppid)
+                    or kthreads.get(st.ppid)
+                    or self._procs.get(st.ppid)
+                    or self._kthreads.get(st.ppid)
+                )
                 try:
-                    p = self._classify(pid, st, procs.get(st.ppid) or self._procs.get(st.ppid))
+                    p = self._classify(pid, st, parent)
                 except OSError as exc:
                     self._errors.count(error_reason(exc))
                     continue
-            procs[pid] = p
+            (kthreads if p.kernel_thread else procs)[pid] = p
             if not p.tracked:
                 continue
             p.ppid, p.state, p.dirty = st.ppid, st.state, True
@@ -172,5 +193,5 @@ class Tracker:
                         statm = None
                 p.statm = statm
             tracked.append(p)
-        self._procs = procs
+        self._procs, self._kthreads = procs, kthreads
         return tracked

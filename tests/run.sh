@@ -19,12 +19,14 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 
 # Debian packages the live tests start for real (php-fpm pools, Prometheus,
-# Alertmanager) or call (systemd-analyze, openssl, setpriv).
+# Alertmanager, process-exporter for the side-by-side test) or call
+# (systemd-analyze, openssl, setpriv).
 pkgs=()
 if ! $fast; then
   command -v php-fpm8.2 >/dev/null || [ -x /usr/sbin/php-fpm8.2 ] || pkgs+=(php8.2-fpm)
   command -v prometheus >/dev/null || pkgs+=(prometheus)
   command -v prometheus-alertmanager >/dev/null || pkgs+=(prometheus-alertmanager)
+  [ -x /usr/bin/prometheus-process-exporter ] || pkgs+=(prometheus-process-exporter)
   command -v systemd-analyze >/dev/null || pkgs+=(systemd)
   command -v openssl >/dev/null || pkgs+=(openssl)
   command -v setpriv >/dev/null || pkgs+=(util-linux)
@@ -35,6 +37,10 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+  # The package starts its service on :9256; the side-by-side test runs its own.
+  if [[ " ${pkgs[*]} " == *" prometheus-process-exporter "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable --now prometheus-process-exporter 2>/dev/null || true
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -30,8 +30,11 @@ KiB, MiB = 1 << 10, 1 << 20
 # size, and the watermark figures below are worked out for 4 KiB pages.
 PAGE = 4096
 
+# children off: agetty and ghost (children of systemd, named by no rule)
+# would join systemd's group, as process-exporter's -children does.
 CONFIG = """
 php_fpm: {enabled: false}
+children: false
 process_names:
   - name: "{{.Comm}}"
     comm: [systemd, nginx, batch, sshd, cron, dbus-daemon, app, db, sparse, step, gone, nocg]
@@ -75,6 +78,18 @@ COMPONENTS = {
     "pcp_free_lists": 12239 * PAGE,
     # USED - all of the above = 980634 - 988630
     "unexplained": -7996 * KiB,
+}
+# Without zoneinfo its four components are not computed: their memory stays
+# in unexplained, and the rest still adds up to USED.
+FROM_ZONEINFO = (
+    "slab_reclaimable_unavailable",
+    "page_cache_unavailable",
+    "kernel_reserve",
+    "pcp_free_lists",
+)
+WITHOUT_ZONEINFO = {c: v for c, v in COMPONENTS.items() if c not in FROM_ZONEINFO} | {
+    # -7996 KiB + 84600 + 84600 + 135988 + 48956 KiB
+    "unexplained": 346148 * KiB,
 }
 PROCESSES_ACCOUNTED = 10  # PIDs 1, 310, 311, 312, 420, 421, 530, 640, 750, 970
 UNREADABLE = 1  # 860: listed, but its smaps_rollup is gone
@@ -141,6 +156,27 @@ def has(samples: dict, name: str) -> bool:
     return any(n == name for n, _ in samples)
 
 
+def sources_up(samples: dict) -> dict[str, float]:
+    """pss_exporter_source_up by source; each source also has its duration."""
+    up = {
+        dict(labels)["source"]: v
+        for (name, labels), v in samples.items()
+        if name == "pss_exporter_source_up"
+    }
+    durations = {
+        dict(labels)["source"]: v
+        for (name, labels), v in samples.items()
+        if name == "pss_exporter_source_duration_seconds"
+    }
+    assert durations.keys() == up.keys() and all(d >= 0 for d in durations.values())
+    return up
+
+
+# Every source `once` runs with this config (php_fpm off), all up on v2;
+# kmsg is read by serve only.
+ALL_UP = dict.fromkeys(("meminfo", "vmstat", "pressure", "zoneinfo", "accounting", "cgroups"), 1.0)
+
+
 def components(samples: dict) -> dict[str, float]:
     return {
         dict(labels)["component"]: v
@@ -204,8 +240,11 @@ def test_v2_host_oom_kills_and_pressure(v2: Run) -> None:
     assert value(s, "pss_host_oom_kills_total") == 7
     assert value(s, "pss_host_memory_pressure_seconds_total", kind="some") == 1.234567
     assert value(s, "pss_host_memory_pressure_seconds_total", kind="full") == 0.987654
-    # `once` does not read the kernel log: no source_up series for it.
-    assert not has(s, "pss_exporter_source_up")
+
+
+def test_v2_every_source_up(v2: Run) -> None:
+    # `once` does not read the kernel log: no kmsg series.
+    assert sources_up(v2.samples) == ALL_UP
 
 
 @pytest.mark.parametrize("group", sorted(V2_GROUPS))
@@ -256,17 +295,35 @@ def test_missing_files_leave_out_what_they_would_give(config: Path) -> None:
     assert {"sparse", "step", "gone", "nocg"} == {
         dict(labels)["group"] for n, labels in s if n == "pss_group_processes"
     }
-    # No zoneinfo: no reconciliation; no vmstat, no pressure: no host series.
-    for name in (
-        "pss_host_memory_used_bytes",
-        "pss_host_memory_accounted_bytes",
-        "pss_host_accounting_unreadable_processes",
-        "pss_exporter_accounting_duration_seconds",
-        "pss_host_oom_kills_total",
-        "pss_host_memory_pressure_seconds_total",
-    ):
-        assert not has(s, name), name
+    # No vmstat: no OOM counter, and vmstat is down. No /proc/pressure at all
+    # (a kernel < 4.20 or without PSI): no pressure source, no series.
+    assert not has(s, "pss_host_oom_kills_total")
+    assert not has(s, "pss_host_memory_pressure_seconds_total")
+    assert sources_up(s) == {k: v for k, v in ALL_UP.items() if k != "pressure"} | {
+        "vmstat": 0,
+        "zoneinfo": 0,
+    }
+    # No zoneinfo: both "used" (meminfo alone) and the reconciliation remain,
+    # what zoneinfo would split out left in unexplained. The meminfo is v2's;
+    # the processes' Pss 12000 + 24000 + 36000 + 48000, Pss_File 2000 + 4000
+    # + 6000 + 8000, no Pss_Shmem.
     assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
+    assert value(s, "pss_host_memory_used_bytes") == USED
+    assert value(s, "pss_host_memory_used_procps3_bytes") == USED_PROCPS3
+    parts = components(s)
+    assert parts == {
+        "processes_pss": 120000 * KiB,
+        "processes_file_cache": -20000 * KiB,
+        "shmem_unmapped": 180000 * KiB,
+        **{c: COMPONENTS[c] for c in ("slab_unreclaimable", "kernel_stack", "page_tables")},
+        **{c: COMPONENTS[c] for c in ("vmalloc", "percpu", "hugetlb", "zswap")},
+        # 980634 - (120000 - 20000 + 180000 + 60000 + 6000 + 12500 + 24000
+        #           + 2400 + 65536 + 1000) KiB
+        "unexplained": 529198 * KiB,
+    }
+    assert sum(parts.values()) == USED
+    assert value(s, "pss_host_accounting_unreadable_processes") == 0
+    assert has(s, "pss_exporter_accounting_duration_seconds")
 
 
 # ----------------------------------------------- garbled host and cgroup files
@@ -279,11 +336,23 @@ ACCOUNTING = "pss_host_memory_accounted_bytes"
 def crafted_v2(tmp_path: Path, config: Path, edit: str, data: bytes | None) -> dict:
     """`once` on a copy of the v2 tree with the file at edit (below the tree)
     replaced by data, or by a FIFO nobody writes to when data is None."""
+    return crafted_v2_run(tmp_path, config, edit, data)[0]
+
+
+REMOVE = b"(remove the file)"
+
+
+def crafted_v2_run(
+    tmp_path: Path, config: Path, edit: str, data: bytes | None
+) -> tuple[dict, list[str]]:
+    """crafted_v2, and the lines `once` logged; data REMOVE removes the file."""
     tree = tmp_path / "v2"
     shutil.copytree(HOST / "v2", tree)
     if data is None:
         (tree / edit).unlink()
         os.mkfifo(tree / edit)
+    elif data == REMOVE:
+        (tree / edit).unlink()
     else:
         (tree / edit).write_bytes(data)
     result = run_cli(
@@ -297,7 +366,7 @@ def crafted_v2(tmp_path: Path, config: Path, edit: str, data: bytes | None) -> d
     assert "Traceback" not in result.stderr, result.stderr
     samples = parse_samples(result.stdout)
     assert value(samples, "pss_group_pss_bytes", group="batch") == 250000 * KiB
-    return samples
+    return samples, result.stderr.splitlines()
 
 
 def edited(name: str, old: bytes, new: bytes) -> bytes:
@@ -319,12 +388,14 @@ def test_garbled_vmstat_loses_only_the_oom_counter(
     assert components(s) == COMPONENTS
 
 
-@pytest.mark.parametrize(
-    "name, lost", [("vmstat", "pss_host_oom_kills_total"), ("zoneinfo", ACCOUNTING)]
-)
+@pytest.mark.parametrize("name, lost", [("vmstat", "pss_host_oom_kills_total"), ("zoneinfo", "")])
 def test_fifo_as_host_file(tmp_path: Path, config: Path, name: str, lost: str) -> None:
     s = crafted_v2(tmp_path, config, f"procfs/{name}", None)
-    assert not has(s, lost)
+    if name == "zoneinfo":  # the reconciliation remains, without its components
+        assert components(s) == WITHOUT_ZONEINFO
+    else:
+        assert not has(s, lost)
+    assert sources_up(s) == ALL_UP | {name: 0}
     assert value(s, "pss_host_memory_pressure_seconds_total", kind="some") == 1.234567
 
 
@@ -343,22 +414,108 @@ def test_vmstat_without_final_newline(tmp_path: Path, config: Path) -> None:
         (b"        low      40\n", b"        low      " + b"9" * 400 + b"\n"),
     ],
 )
-def test_garbled_zoneinfo_loses_only_the_reconciliation(
+def test_garbled_zoneinfo_loses_only_what_it_gives(
     tmp_path: Path, config: Path, old: bytes, new: bytes
 ) -> None:
     s = crafted_v2(tmp_path, config, "procfs/zoneinfo", edited("procfs/zoneinfo", old, new))
-    assert not has(s, ACCOUNTING)
+    assert components(s) == WITHOUT_ZONEINFO
+    assert sum(components(s).values()) == value(s, "pss_host_memory_used_bytes") == USED
+    assert value(s, "pss_host_memory_used_procps3_bytes") == USED_PROCPS3
+    assert sources_up(s) == ALL_UP | {"zoneinfo": 0}
+    # Counted as any garbled file is (before, a zoneinfo's never was).
+    assert value(s, "pss_exporter_read_errors_total", reason="parse") == 1
     assert value(s, "pss_host_oom_kills_total") == 7
     assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
 
 
+def without_line(name: str, field: bytes) -> bytes:
+    lines = (HOST / "v2" / name).read_bytes().splitlines(keepends=True)
+    kept = b"".join(line for line in lines if not line.startswith(field))
+    assert len(kept) < sum(map(len, lines)), field
+    return kept
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("meminfo", b"MemTotal: 8131468 kB\nMemFree:\n"),
+        ("meminfo", b"MemTotal: 8131468 kB\n" * 4000),  # over 64 KiB
+        ("vmstat", edited("procfs/vmstat", b"oom_kill 7\n", b"oom_kill x\n")),
+        ("vmstat", REMOVE),
+        ("zoneinfo", edited("procfs/zoneinfo", b"        low      40\n", b"        low      x\n")),
+        ("zoneinfo", REMOVE),
+        ("pressure/memory", b"some avg10=0.00 total=x\n"),
+        ("pressure/memory", REMOVE),
+    ],
+    ids=lambda v: v.decode()[:12] if isinstance(v, bytes) else v,
+)
+def test_a_bad_host_file_is_its_source_down(
+    tmp_path: Path, config: Path, name: str, data: bytes
+) -> None:
+    """Missing or malformed, a host file sets its own source to 0, in one
+    log line that names it, and no other: the others stay up. Before, a
+    malformed meminfo was also logged as missing ("no .../meminfo") and a
+    zoneinfo as a failed reconciliation, and no series told which file was bad."""
+    s, logged = crafted_v2_run(tmp_path, config, f"procfs/{name}", data)
+    source = name.partition("/")[0]
+    up = ALL_UP | {source: 0}
+    if source == "meminfo":  # no meminfo, no pass: zoneinfo is not read
+        del up["zoneinfo"]
+    assert sources_up(s) == up
+    assert len(logged) == 1, logged
+    assert f" source {source} failed: " in logged[0]
+    if data == REMOVE:
+        assert f"{tmp_path}/v2/procfs/{name}" in logged[0]
+
+
+def test_absent_by_design_is_up_with_its_series_left_out(tmp_path: Path, config: Path) -> None:
+    """A kernel before 4.13 has no oom_kill in vmstat: vmstat is up, the
+    counter absent. One without PSI has no /proc/pressure: no pressure source
+    at all. So up 0 means broken, never old."""
+    tree = tmp_path / "v2"
+    shutil.copytree(HOST / "v2", tree)
+    (tree / "procfs/vmstat").write_bytes(without_line("procfs/vmstat", b"oom_kill "))
+    shutil.rmtree(tree / "procfs/pressure")
+    result = run_cli(
+        "once",
+        *("--path.procfs", str(tree / "procfs")),
+        *("--path.sysfs", str(tree / "sysfs")),
+        *("--config", str(config)),
+    )
+    assert result.returncode == 0, result.stderr
+    # Said once, at start, as what it is; nothing is logged as failed.
+    assert [line.partition(" INFO ")[2] for line in result.stderr.splitlines()] == [
+        f"exporter.host: no {tree}/procfs/pressure (kernel < 4.20, or PSI off): "
+        "no host pressure series"
+    ]
+    s = parse_samples(result.stdout)
+    assert sources_up(s) == {k: v for k, v in ALL_UP.items() if k != "pressure"}
+    assert not has(s, "pss_host_oom_kills_total")
+    assert not has(s, "pss_host_memory_pressure_seconds_total")
+    assert components(s) == COMPONENTS
+
+
 @pytest.mark.parametrize("field", [b"Buffers", b"MemFree", b"Cached"])
-def test_meminfo_without_a_field_used_needs(tmp_path: Path, config: Path, field: bytes) -> None:
-    lines = (HOST / "v2" / "procfs" / "meminfo").read_bytes().splitlines(keepends=True)
-    kept = b"".join(line for line in lines if not line.startswith(field + b":"))
-    s = crafted_v2(tmp_path, config, "procfs/meminfo", kept)
-    assert not has(s, ACCOUNTING)
+def test_meminfo_without_a_field_procps3_needs(tmp_path: Path, config: Path, field: bytes) -> None:
+    s = crafted_v2(tmp_path, config, "procfs/meminfo", without_line("procfs/meminfo", field + b":"))
+    assert not has(s, "pss_host_memory_used_procps3_bytes")
+    # used and its reconciliation need neither (without MemFree, the sum
+    # holds whatever it is: MemAvailable is the kernel's).
+    assert value(s, "pss_host_memory_used_bytes") == USED
+    assert components(s) == COMPONENTS
     assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
+    assert sources_up(s) == ALL_UP
+
+
+def test_meminfo_without_memavailable(tmp_path: Path, config: Path) -> None:
+    """A kernel before 3.14: no MemAvailable, so no used to reconcile; the
+    procps 3.3 used remains, and meminfo is up (nothing is wrong with it)."""
+    s = crafted_v2(tmp_path, config, "procfs/meminfo", without_line("procfs/meminfo", b"MemAv"))
+    for name in ("pss_host_memory_available_bytes", "pss_host_memory_used_bytes", ACCOUNTING):
+        assert not has(s, name), name
+    assert value(s, "pss_host_memory_used_procps3_bytes") == USED_PROCPS3
+    assert value(s, "pss_host_memory_total_bytes") == MEM_TOTAL
+    assert sources_up(s) == ALL_UP
 
 
 @pytest.mark.parametrize("usage", [b"9" * 400 + b"\n", b"-301989888\n", b"+301989888\n"])
@@ -501,6 +658,8 @@ def test_explain_json_matches_the_metrics(config: Path, v2: Run) -> None:
             {"component": c, "bytes": b, "share": b / USED} for c, b in COMPONENTS.items()
         ],
         "top_groups": [{"group": g, "pss_bytes": b} for g, b, _ in TOP_GROUPS],
+        "missing_components": [],
+        "missing_reason": None,
         "processes": PROCESSES_ACCOUNTED,
         "unreadable_processes": UNREADABLE,
     }
@@ -514,12 +673,44 @@ def test_explain_json_matches_the_metrics(config: Path, v2: Run) -> None:
         assert g["pss_bytes"] == value(s, "pss_group_pss_bytes", group=g["group"])
 
 
-def test_explain_without_zoneinfo_fails_cleanly(config: Path) -> None:
+def test_explain_without_zoneinfo_states_the_reason(config: Path) -> None:
+    """The reconciliation without zoneinfo: the table adds up to used, and a
+    sentence names what is not computed, where its memory went and why."""
+    result = explain("missing", config)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = [line.split()[0] for line in lines[3 : lines.index("", 3)] if not line.startswith(" ")]
+    assert rows == [c for c in COMPONENTS if c not in FROM_ZONEINFO] + ["total"]
+    zoneinfo = HOST / "missing" / "procfs" / "zoneinfo"
+    assert lines[-1] == (
+        f'without zoneinfo (FileNotFoundError: "[Errno 2] No such file or directory: '
+        f"'{zoneinfo}'\"), slab_reclaimable_unavailable, page_cache_unavailable, "
+        "kernel_reserve, pcp_free_lists are not computed: their memory is in unexplained."
+    )
+    data = json.loads(explain("missing", config, "--json").stdout)
+    assert data["missing_components"] == list(FROM_ZONEINFO)
+    assert data["missing_reason"] == lines[-1].removesuffix(".")
+    assert sum(c["bytes"] for c in data["components"]) == data["used_bytes"] == USED
+
+
+def test_explain_without_memavailable_fails_cleanly(tmp_path: Path, config: Path) -> None:
+    tree = tmp_path / "v2"
+    shutil.copytree(HOST / "v2", tree)
+    (tree / "procfs/meminfo").write_bytes(without_line("procfs/meminfo", b"MemAvailable:"))
     for flags in ((), ("--json",)):
-        result = explain("missing", config, *flags)
+        result = run_cli(
+            "explain",
+            *flags,
+            *("--path.procfs", str(tree / "procfs")),
+            *("--path.sysfs", str(tree / "sysfs")),
+            *("--config", str(config)),
+        )
         assert result.returncode == 2
         assert result.stdout == ""
-        assert "pss-exporter: error: explain: no reconciliation" in result.stderr
+        assert result.stderr.endswith(
+            "pss-exporter: error: explain: no reconciliation: "
+            "meminfo: it has no MemTotal or no MemAvailable\n"
+        )
 
 
 # ---------------------------------------------------------------------- live

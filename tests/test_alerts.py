@@ -49,6 +49,7 @@ leak_for: 0s
 overcommitted_for: 5s
 saturated_for: 5s
 saturated_status_seen_within: 1m
+saturated_window: 10s
 near_limit_for: 10s
 near_limit_critical_for: 5s
 oom_kill_window: 1m
@@ -161,6 +162,9 @@ def test_windows_and_derived_durations_follow_the_knobs(tmp_path: Path) -> None:
     assert "avg_smoothed[15s])" in alerts["PhpFpmWorkerMemoryLeak"]["expr"]
     assert "avg_smoothed[7s500ms])" in alerts["PhpFpmWorkerMemoryLeak"]["expr"]
     assert "increase(pss_group_oom_kills_total[1m])" in alerts["ProcessGroupOomKilled"]["expr"]
+    saturated = alerts["PhpFpmPoolSaturated"]["expr"]
+    assert "increase(pss_group_oom_kills_total[10s])" in saturated
+    assert "min_over_time(pss_phpfpm_status_up[10s])" in saturated
     assert (
         "predict_linear(pss_host_memory_available_bytes[1m], 300)"
         in (alerts["HostMemoryOomRisk"]["expr"])
@@ -221,7 +225,10 @@ BAD_KNOBS = {
 def test_budget_ratios_may_pass_one(tmp_path: Path) -> None:
     text = generated(tmp_path, "overcommitted_ratio: 1.2\n")
     rule = alerts_of(text)["PhpFpmPoolOvercommitted"]
-    assert rule["expr"] == "pss_phpfpm_projected_bytes / pss_phpfpm_budget_bytes > 1.2"
+    assert rule["expr"] == (
+        'pss_phpfpm_projected_bytes{basis="observed_peak"} / ignoring(basis) '
+        "pss_phpfpm_budget_bytes > 1.2"
+    )
 
 
 @pytest.mark.parametrize("case", BAD_KNOBS)

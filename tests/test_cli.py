@@ -74,7 +74,6 @@ BAD_CONFIGS = {
         "line 3, column 11",
         "YAML syntax error",
     ),
-    "unknown-top-level-key": ("colection:\n  interval: 1s\n", "colection", "unknown key"),
     "top-level-not-a-mapping": ("- a\n- b\n", "(top level)", "must be a mapping"),
     "unknown-collection-key": (
         "collection:\n  intervall: 1s\n",
@@ -82,10 +81,10 @@ BAD_CONFIGS = {
         "unknown key",
     ),
     "unknown-php_fpm-key": ("php_fpm:\n  enable: true\n", "php_fpm.enable", "unknown key"),
-    "unknown-rule-key": (
+    "rule-of-only-an-unknown-key": (
         "process_names:\n  - cmdlin: ['.+']\n",
-        "process_names[0].cmdlin",
-        "unknown key",
+        "process_names[0]",
+        "needs at least one of comm, exe, cmdline (unknown keys are ignored: cmdlin)",
     ),
     "bad-regex": (
         "process_names:\n  - name: x\n    cmdline: ['ok', '(unclosed']\n",
@@ -100,7 +99,7 @@ BAD_CONFIGS = {
     "unknown-template-field": (
         "process_names:\n  - name: '{{.Nope}}'\n    comm: [x]\n",
         "process_names[0].name",
-        "unknown template field '.Nope'",
+        "unknown template field .Nope (known: .Comm,",
     ),
     "bad-duration": (
         "collection:\n  interval: 15 sec\n",

@@ -106,12 +106,12 @@ def test_long_string_is_cut_and_escaped(tmp_path: Path, key: str) -> None:
 def test_long_template_is_cut(tmp_path: Path) -> None:
     name = "{{.Nope" + "x" * 100_000 + "}}"
     message = rejected(tmp_path, f"process_names:\n  - comm: [x]\n    name: '{name}'\n")
-    assert ": process_names[0].name: unknown template field '.Nopexxx" in message
+    assert ": process_names[0].name: unknown template field .Nopexxx" in message
 
 
 def test_unknown_key_with_newline_is_one_line(tmp_path: Path) -> None:
-    message = rejected(tmp_path, '"max_groups\\n5": 1\n')
-    assert message.endswith(": 'max_groups\\n5': unknown key"), message
+    message = rejected(tmp_path, 'collection:\n  "interval\\n5": 1\n')
+    assert message.endswith(": collection.'interval\\n5': unknown key"), message
 
 
 def test_long_unknown_key_is_cut(tmp_path: Path) -> None:
@@ -358,3 +358,51 @@ def test_a_duration_unit_twice_is_a_config_error(tmp_path: Path) -> None:
         ": collection.interval: invalid duration '1m1m' (use e.g. 500ms, 15s, 1m30s: "
         "units y, w, d, h, m, s, ms in this order, each once)"
     )
+
+
+# ------------------------------------------- process-exporter's configs load
+
+
+def test_unknown_top_level_and_rule_keys_warn_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # process-exporter ignores them: a config written for it loads here.
+    config = loaded(
+        tmp_path,
+        'gather_smaps: true\n"x\\ny": 1\nprocess_names:\n  - comm: [a]\n    bogus: 1\n',
+    )
+    assert len(config.process_names) == 1
+    path = tmp_path / "c.yaml"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: gather_smaps: unknown key, ignored (as process-exporter does)",
+        f"{path}: 'x\\ny': unknown key, ignored (as process-exporter does)",
+        f"{path}: process_names[0].bogus: unknown key, ignored (as process-exporter does)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "collection:\n  intervall: 1s\n",
+        "php_fpm:\n  enable: true\n",
+        "php_fpm:\n  pools:\n    www:\n      max_child: 3\n",
+        "accounting:\n  enable: true\n",
+        "cgroups:\n  enable: true\n",
+        "kmsg:\n  enable: true\n",
+    ],
+)
+def test_a_typo_inside_our_own_sections_stays_an_error(tmp_path: Path, text: str) -> None:
+    assert rejected(tmp_path, text).endswith(": unknown key")
+
+
+def test_children_defaults_to_process_exporters_flag(tmp_path: Path) -> None:
+    assert loaded(tmp_path, "process_names: []\n").children is True
+    assert loaded(tmp_path, "children: false\n").children is False
+    assert "children: must be true or false" in rejected(tmp_path, "children: 1\n")
+
+
+def test_an_empty_file_keeps_the_built_in_rule(tmp_path: Path) -> None:
+    # Documented: process-exporter groups nothing then; `process_names: []` says so here.
+    assert len(loaded(tmp_path, "").process_names) == 1
+    assert loaded(tmp_path, "process_names: []\n").process_names == ()
+    assert loaded(tmp_path, "process_names:\n").process_names == ()

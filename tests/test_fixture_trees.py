@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -58,6 +58,9 @@ class Group:
     swap: int = 0
     swap_pss: int = 0
     unreadable: int = 0
+    # pss_group_workers: every worker, its memory read or not; None: the
+    # distributions' count (every worker's memory read)
+    workers: int | None = None
 
 
 # ----------------------------------------------------------------- helpers
@@ -107,8 +110,7 @@ def has_series(samples: dict, name: str, group: str) -> bool:
 
 
 def check_workers(samples: dict, kind: str, group: str, expected: Summary) -> None:
-    """pss_group_workers and the gauges pss_group_worker_KIND_{median,p95,max}_bytes."""
-    assert group_value(samples, "pss_group_workers", group) == expected.count, group
+    """The gauges pss_group_worker_KIND_{median,p95,max}_bytes."""
     for suffix, kb in zip(("median", "p95", "max"), (expected.q50, expected.q95, expected.q100)):
         name = f"pss_group_worker_{kind}_{suffix}_bytes"
         if expected.count:
@@ -134,6 +136,8 @@ def check_group(samples: dict, group: str, exp: Group) -> None:
             assert not has_series(samples, metric, group), f"{group}: {metric} should be absent"
         else:
             assert gauge(metric) == kb * KB, (group, metric)
+    workers = exp.worker_pss.count if exp.workers is None else exp.workers
+    assert gauge("pss_group_workers") == workers, group
     check_workers(samples, "pss", group, exp.worker_pss)
     check_workers(samples, "uss", group, exp.worker_uss)
 
@@ -279,18 +283,38 @@ def test_odd_comm_names(tmp_path: Path) -> None:
     check_exporter(samples, scanned=4)
 
 
-def test_kernel_threads_are_left_out(tmp_path: Path) -> None:
-    # The rule names the kernel threads too: only the PF_KTHREAD flag keeps them out.
+SSHD = Group(1, 2000, 1200, 9000, (1200, 800, 0), one(2000), one(1200))
+KTHREAD = Group(1, 0, 0, 0, (0, 0, 0), NO_WORKERS, NO_WORKERS)
+
+
+def test_kernel_threads_are_left_out_by_the_built_in_rule(tmp_path: Path) -> None:
+    samples = once(tmp_path, TREES / "kernel-threads", BY_COMM)
+    check_groups(samples, {"sshd": SSHD})
+    check_exporter(samples, scanned=3)
+
+
+def test_kernel_threads_a_comm_rule_names_are_counted_with_no_memory(tmp_path: Path) -> None:
+    # As process-exporter: an explicit comm rule groups kernel threads; their
+    # smaps_rollup (ESRCH on a live host) is never read.
     config = """
+children: false
 process_names:
   - name: "{{.Comm}}"
     comm: [kthreadd, kworker/0:1-events, sshd]
 """
     samples = once(tmp_path, TREES / "kernel-threads", config)
-    check_groups(
-        samples, {"sshd": Group(1, 2000, 1200, 9000, (1200, 800, 0), one(2000), one(1200))}
-    )
+    check_groups(samples, {"sshd": SSHD, "kthreadd": KTHREAD, "kworker/0:1-events": KTHREAD})
     check_exporter(samples, scanned=3)
+
+
+def test_kernel_threads_join_kthreadd_with_children(tmp_path: Path) -> None:
+    config = """
+process_names:
+  - name: "{{.Comm}}"
+    comm: [kthreadd, sshd]
+"""
+    samples = once(tmp_path, TREES / "kernel-threads", config)
+    check_groups(samples, {"sshd": SSHD, "kthreadd": replace(KTHREAD, processes=2)})
 
 
 def test_zombie_counts_as_a_process_with_no_memory(tmp_path: Path) -> None:
@@ -349,6 +373,7 @@ def test_unreadable_smaps_counts_as_unreadable(tmp_path: Path) -> None:
         worker_uss=Summary(8000, 36000, 36000, 44000, 2),
         swap=512 + 1024,
         swap_pss=256 + 1024,
+        workers=3,  # the unreadable one is a worker too, its memory unknown
     )
     check_groups(samples, {**FPM_HOST, "php-fpm:www": www})
     check_exporter(samples, scanned=7, permission=1)

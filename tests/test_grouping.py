@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from exporter.grouping import (
     fpm_role,
     outside_fpm_groups,
 )
-from exporter.phpfpm import PhpFpmSource
+from exporter.phpfpm import Loads, PhpFpmSource
 from exporter.phpfpm_config import PoolSettings
 from exporter.procfs import Stat, parse_cmdline
 from exporter.sources import Cycle, pool_refs
@@ -183,13 +182,30 @@ def test_unmatched_optional_capture_is_empty() -> None:
         (r"\(?<tag>", "(<tag>", True),  # an optional literal "(" then "<tag>": no capture
         (r"[(?<]x", "Px", False),  # a class of "(", "?" and "<"
         (r"\\z", "C:\\z", True),  # a literal backslash then "z": not the \z anchor
+        # Go's RE2 semantics, which Python's re does not share:
+        (r"^\w+$", "naïve", False),  # \w is ASCII
+        (r"^na\b", "naïve", True),  # \b too: ï is no word character
+        (r"x$", "x\n", False),  # $ is the end of the text, not before a trailing newline
+        (r"^\pL+$", "naïve", True),
+        (r"^\p{Greek}+$", "αβγ", True),
+        (r"^\Qa.b\E$", "a.b", True),
+        (r"^\Qa.b\E$", "axb", False),
+        (r"^\x{41}$", "A", True),
+        (r"^[[:alpha:]]+$", "abc", True),
+        (r"(?U)a+", "aaa", True),
+        (r"(?i)PHP", "php", True),
     ],
 )
-def test_go_regex_translation_leaves_escapes_and_classes_alone(
-    pattern: str, text: str, matches: bool
-) -> None:
+def test_regexes_mean_what_they_mean_in_go(pattern: str, text: str, matches: bool) -> None:
     # The same pattern means the same thing in Go's RE2 and here.
-    assert bool(compile_go_regex(pattern).search(text)) is matches
+    assert (compile_go_regex(pattern).captures(text.encode()) is not None) is matches
+
+
+def test_matches_holds_what_process_exporter_stores() -> None:
+    # Go's SubexpNames: "" for the whole match and each unnamed group (the
+    # last one wins), an unmatched group is "".
+    rule = {"name": "{{.Matches}}", "cmdline": [r"(/srv)(?P<app>/app)(?P<opt>--x)?"]}
+    assert name_of(rule, PY_APP) == "map[:/srv app:/app opt:]"
 
 
 # --------------------------------------------------------------- templates
@@ -418,14 +434,19 @@ def test_outside_fpm_groups(group: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("pattern", "reason"),
     [
-        ("a{99999999999}", "too large"),
-        ("[[:^digit:]]+", "negated POSIX classes"),
+        ("a{1001}", "invalid repetition size"),
+        ("(a{999}){999}", "invalid repetition size"),
+        ("[[:^digit:]", "missing ]"),
         ("(unclosed", r"missing \)"),
+        (r"(?<=x)y", "invalid perl operator"),  # no lookbehind in RE2
+        (r"(a)\1", "invalid escape sequence"),  # nor backreferences
+        ("x{2}{3}{4}" * 300, "bad repetition operator|pattern too large"),
     ],
 )
-def test_regexes_python_cannot_take_are_load_errors(pattern: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
+def test_regexes_re2_refuses_are_load_errors(pattern: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason) as info:
         compile_rule({"cmdline": [pattern]})
+    assert len(str(info.value)) < 200
 
 
 def test_pool_overrides_keyed_by_numbers_or_booleans_are_kept() -> None:
@@ -463,7 +484,6 @@ def pool_groups(
     fpm = PhpFpmSource(build_config({}, "test").php_fpm, "/proc", 15.0)
     pool = PoolSettings("www", "ondemand", 4, None, None, None, 0, None, None, None)
     settings = {(pid, name): pool for name, pid in configured}
-    fpm.configs = SimpleNamespace(settings=lambda refs, m: (settings, {}))  # type: ignore[assignment]
     procs = [
         Proc(pid, Stat("php-fpm", "S", 1, 0, m.starttime), None, FpmRole(True, m.conf), True)
         for pid, m in masters.items()
@@ -474,7 +494,8 @@ def pool_groups(
     grouper = Grouper(100, FpmStub(masters, configured if loaded else []))
     procs, groups, view = grouper.group(procs)
     try:
-        pending = fpm.start(pool_refs(Cycle(0.0, procs, groups, view, {})), view.masters)
+        refs = pool_refs(Cycle(0.0, procs, groups, view, {}))
+        pending = fpm.start(refs, view.masters, Loads(settings, {}, 0))
     finally:
         fpm.close()
     return {(r.pool, r.master_pid): r.group for r, _, _ in pending}

@@ -227,16 +227,32 @@ def memory_limited(pid: int) -> bool:
     return headroom([read_memory(d) for d in memory_dirs("/sys", paths)]) is not None
 
 
+PEAK = {"basis": "observed_peak"}
+
+
 def expected_capacity(samples: dict, pool: Pool, reserve: float) -> dict[str, int]:
-    """The capacity figures recomputed from the exposition's own group values
-    and MemAvailable, which is the budget's bound when the workers' cgroup has
-    no memory limit (test_cgroup.py covers a limited pool)."""
+    """The capacity figures recomputed from the exposition's own values:
+    the pool's memory domain is the host (no memory limit; test_cgroup.py and
+    test_capacity_acid.py cover limited pools), whose room is MemAvailable
+    plus the PSS of every pool on the host, split among them."""
     g = pool.group
     pss = int(group_value(samples, "pss_group_pss_bytes", g))
     shared = pss - int(group_value(samples, "pss_group_uss_bytes", g))
-    size = int(group_value(samples, "pss_group_worker_uss_p95_bytes", g))
+    size = int(group_value(samples, "pss_phpfpm_worker_size_bytes", g, **PEAK))
     available = int(host_value(samples, "pss_host_memory_available_bytes"))
-    budget = int((pss + available) * (1 - reserve))
+    room = int(group_value(samples, "pss_phpfpm_domain_room_bytes", g))
+    host_pools = [
+        dict(labels)["group"]
+        for (name, labels), value in samples.items()
+        if name == "pss_phpfpm_domain_room_bytes" and value == room
+    ]
+    held = sum(
+        samples.get(("pss_group_pss_bytes", frozenset({("group", h)})), 0) for h in host_pools
+    )
+    assert room == held + available
+    budgets = [group_value(samples, "pss_phpfpm_budget_bytes", h) for h in host_pools]
+    assert sum(budgets) <= room * (1 - reserve)
+    budget = int(group_value(samples, "pss_phpfpm_budget_bytes", g))
     max_children = int(group_value(samples, "pss_phpfpm_max_children", g))
     return {
         "pss_phpfpm_shared_bytes": shared,
@@ -247,15 +263,13 @@ def expected_capacity(samples: dict, pool: Pool, reserve: float) -> dict[str, in
 
 
 def exported_capacity(samples: dict, pool: Pool) -> dict[str, int]:
-    return {
+    out = {
         name: int(group_value(samples, name, pool.group))
-        for name in (
-            "pss_phpfpm_shared_bytes",
-            "pss_phpfpm_projected_bytes",
-            "pss_phpfpm_budget_bytes",
-            "pss_phpfpm_recommended_max_children",
-        )
+        for name in ("pss_phpfpm_shared_bytes", "pss_phpfpm_budget_bytes")
     }
+    for name in ("pss_phpfpm_projected_bytes", "pss_phpfpm_recommended_max_children"):
+        out[name] = int(group_value(samples, name, pool.group, **PEAK))
+    return out
 
 
 def worker_uss_quantiles(samples: dict, pool: Pool) -> dict[str, int]:
@@ -304,7 +318,8 @@ def test_configured_values_and_status_pages(fpm: Fpm) -> None:
 
 def test_held_memory_grows_worker_uss_and_capacity_follows(fpm: Fpm, tmp_path: Path) -> None:
     """Two of four workers hold HELD_MIB each while `once` runs: their USS,
-    the exported quantiles and the capacity figures move accordingly."""
+    the exported quantiles and the capacity figures move accordingly; once
+    released, the worker size stays at their peak."""
     assert not memory_limited(fpm.master), "the budget would follow the cgroup, not MemAvailable"
     pool = fpm.pools[STATIC]
     # Every worker serves one request first: what a worker keeps after its
@@ -346,6 +361,14 @@ def test_held_memory_grows_worker_uss_and_capacity_follows(fpm: Fpm, tmp_path: P
     assert exported_capacity(busy, pool)["pss_phpfpm_projected_bytes"] > 4 * HELD_MIB * MIB
     recommended = "pss_phpfpm_recommended_max_children"
     assert exported_capacity(busy, pool)[recommended] < exported_capacity(idle, pool)[recommended]
+    # Released: the workers' USS is back at idle, their peaks (VmHWM) stay,
+    # and so does the recommendation (on main it read the idle USS: ~50x).
+    after = exported("--config", config)
+    size = group_value(after, "pss_phpfpm_worker_size_bytes", pool.group, **PEAK)
+    assert HELD_MIB * MIB <= size <= max(held_uss.values()) + MIB
+    assert worker_uss_quantiles(after, pool)["1.0"] < HELD_MIB * MIB
+    busy_r, after_r = (exported_capacity(x, pool)[recommended] for x in (busy, after))
+    assert abs(after_r - busy_r) <= 0.15 * busy_r
 
 
 def test_saturated_pool_keeps_memory_metrics(fpm: Fpm, tmp_path: Path) -> None:
@@ -372,7 +395,7 @@ def test_saturated_pool_keeps_memory_metrics(fpm: Fpm, tmp_path: Path) -> None:
     assert group_value(s, "pss_group_pss_bytes", g) > 0
     assert group_value(s, "pss_group_workers", g) == pool.workers
     assert group_value(s, "pss_phpfpm_max_children", g) == pool.max_children
-    assert group_value(s, "pss_phpfpm_recommended_max_children", g) > 0
+    assert group_value(s, "pss_phpfpm_recommended_max_children", g, **PEAK) > 0
     status_only = ("pss_phpfpm_listen_queue", "pss_phpfpm_accepted_connections_total")
     assert not [k for k in s if k[0] in status_only and ("group", g) in k[1]]
     assert not [k for k in s if k[0] == "pss_phpfpm_processes" and ("group", g) in k[1]]
@@ -454,7 +477,9 @@ def test_top_once_shows_the_pool_as_exported(fpm: Fpm, tmp_path: Path) -> None:
     assert (
         int(row["MAX_CH"]) == pool.max_children == group_value(first, "pss_phpfpm_max_children", g)
     )
-    recommended = [group_value(s, "pss_phpfpm_recommended_max_children", g) for s in (first, last)]
+    recommended = [
+        group_value(s, "pss_phpfpm_recommended_max_children", g, **PEAK) for s in (first, last)
+    ]
     assert min(recommended) - 1 <= int(row["REC_CH"]) <= max(recommended) + 1, (row, recommended)
     for column, metric in (("PSS", "pss_group_pss_bytes"), ("USS", "pss_group_uss_bytes")):
         shown = parse_human(row[column])
@@ -533,7 +558,11 @@ def test_idle_ondemand_pool_is_reported_from_its_config(tmp_path: Path) -> None:
     assert group_value(s, "pss_phpfpm_max_children", pool.group) == 3
     assert group_value(s, "pss_phpfpm_memory_limit_bytes", pool.group) == 128 * MIB
     assert group_value(s, "pss_phpfpm_budget_bytes", pool.group) > 0
-    assert ("pss_phpfpm_projected_bytes", frozenset({("group", pool.group)})) not in s
+    # No worker, no peak: no observed-peak figures; PHP's bound is there.
+    observed = frozenset({("group", pool.group), ("basis", "observed_peak")})
+    assert ("pss_phpfpm_projected_bytes", observed) not in s
+    limit = {"basis": "memory_limit"}
+    assert group_value(s, "pss_phpfpm_projected_bytes", pool.group, **limit) == 3 * 128 * MIB
     assert ("pss_group_processes", frozenset({("group", pool.group)})) not in s
 
 
@@ -649,3 +678,72 @@ def test_garbled_http_status_page_is_that_pages_error(
     assert group_value(s, "pss_phpfpm_status_up", pool.group) == 0
     assert group_value(s, "pss_phpfpm_max_children", pool.group) == pool.max_children
     assert group_value(s, "pss_phpfpm_status_up", fpm.pools[STATIC].group) == 1
+
+
+def test_explain_pool_derives_the_exported_figures(fpm: Fpm, tmp_path: Path) -> None:
+    """`explain --pool NAME` (pool name or group) between two `once` runs: the
+    same peaks, and figures within what the two runs exported."""
+    pool = fpm.pools[STATIC]
+    with holding(pool, 1, HELD_MIB, tmp_path):
+        pass  # one worker has now peaked at HELD_MIB
+    first = exported()
+    result = run_cli("explain", "--pool", pool.name, "--json")
+    text = run_cli("explain", "--pool", pool.group)
+    last = exported()
+    assert result.returncode == 0 and text.returncode == 0, result.stderr + text.stderr
+    data = json.loads(result.stdout)
+    g = pool.group
+    assert data["group"] == g and data["max_children"] == pool.max_children
+    assert data["domain"]["name"] == "host"
+    assert data["peaks"]["workers"] == pool.workers
+    assert data["peaks"]["max_bytes"] >= HELD_MIB * MIB
+    size = data["bases"]["observed_peak"]["worker_size_bytes"]
+    exported_sizes = [
+        group_value(s, "pss_phpfpm_worker_size_bytes", g, **PEAK) for s in (first, last)
+    ]
+    assert between(size, *exported_sizes, rel=0.01)
+    recommended = [
+        group_value(s, "pss_phpfpm_recommended_max_children", g, **PEAK) for s in (first, last)
+    ]
+    shown = data["bases"]["observed_peak"]["recommended_max_children"]
+    assert min(recommended) - 1 <= shown <= max(recommended) + 1
+    assert f"pool {g}: pm.max_children {pool.max_children}" in text.stdout
+    assert "memory domain: the host" in text.stdout
+    unknown = run_cli("explain", "--pool", "no-such-pool")
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("pss-exporter: error: explain: no php-fpm pool 'no-such-pool'")
+
+
+ALLOC_SCRIPT = Path(__file__).resolve().parent / "php" / "alloc.php"
+
+
+def test_respawned_workers_keep_their_pools_window(tmp_path: Path) -> None:
+    """pm.max_requests = 1: each worker serves one request holding 30 MiB,
+    then php-fpm replaces it. The exporter (serve) saw the peaks of workers
+    that are gone: the window has more workers than run, sized at the peak."""
+    name = f"respawn_{SUFFIX}"
+    listen = f"127.0.0.1:{free_port()}"
+    (tmp_path / "php-fpm.conf").write_text(
+        global_section(tmp_path) + f"[{name}]\nlisten = {listen}\npm = static\n"
+        "pm.max_children = 2\npm.max_requests = 1\n"
+    )
+    pool = Pool(name, "static", 2, 1, 128 * MIB, listen, "", 2)
+    config = write_yaml(tmp_path, "collection: {interval: 500ms}\naccounting: {enabled: false}\n")
+    query = urllib.parse.urlencode({"mib": 30, "ms": 1500})  # three collections long
+    with running_pools(tmp_path, {name: pool}) as fpm, running_exporter("--config", config) as url:
+        first = set(pool_workers(fpm.master, name))
+        with ThreadPoolExecutor(2) as threads:
+            for _ in range(2):  # two rounds: four workers, each used once
+                answers = [
+                    threads.submit(request, listen, str(ALLOC_SCRIPT), query, timeout=20)
+                    for _ in range(2)
+                ]
+                assert [a.result().body for a in answers] == [b"30", b"30"]
+        wait_until("the workers respawned", lambda: not first & set(pool_workers(fpm.master, name)))
+        time.sleep(1.5)  # a collection or two of the idle respawned workers
+        s = parse_samples(http_get(url + "/metrics")[2].decode())
+    g = pool.group
+    assert group_value(s, "pss_group_processes", g) == 2
+    assert group_value(s, "pss_phpfpm_worker_peaks", g) >= 4  # gone ones included
+    size = group_value(s, "pss_phpfpm_worker_size_bytes", g, **PEAK)
+    assert 30 * MIB <= size <= 34 * MIB

@@ -13,9 +13,10 @@ from fpm import MASTER_TITLE, all_pids, cmdline, running_fpm, workers, write_sta
 
 from exporter.collector import Collector
 from exporter.config import build_config
+from exporter.fastcgi import request
 from exporter.snapshot import Snapshot
 
-from conftest import free_port, group_value, parse_samples, run_cli
+from conftest import free_port, group_value, parse_samples, run_cli, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -105,17 +106,24 @@ def test_pools_grouped_with_hand_summed_smaps_rollup(fpm: Fpm) -> None:
 
 
 def test_status_pool_counts_with_the_pool_it_serves(tmp_path: Path) -> None:
-    """pm.status_listen makes php-fpm fork a pool "POOL_status" of its own:
+    """pm.status_listen makes php-fpm run a pool "POOL_status" of its own:
     it is no pool (no group, no capacity), its process counts in POOL's
-    group, as no worker of it."""
+    group, as no worker of it. That pool is ondemand: its process is forked
+    at the first connection to the status socket and exits after 10 s idle."""
     pool = f"crawl_{SUFFIX}"
     conf = write_static_config(tmp_path, {pool: 2})
-    status_port = free_port()
+    status_listen = f"127.0.0.1:{free_port()}"
     conf.write_text(
-        conf.read_text() + f"pm.status_path = /status\npm.status_listen = 127.0.0.1:{status_port}\n"
+        conf.read_text() + f"pm.status_path = /status\npm.status_listen = {status_listen}\n"
     )
-    with running_fpm(conf, {pool: 2, f"{pool}_status": 1}) as proc:
-        found = workers(proc.pid)
+    with running_fpm(conf, {pool: 2}) as proc:
+        assert request(status_listen, "/status", "json", timeout=5).status == 200
+
+        def status_forked() -> dict[str, list[int]] | None:
+            found = workers(proc.pid)
+            return found if f"{pool}_status" in found else None
+
+        found = wait_until("the status pool's process", status_forked)
         result = run_cli("once")
     assert result.returncode == 0, result.stderr
     s = parse_samples(result.stdout)
@@ -125,7 +133,8 @@ def test_status_pool_counts_with_the_pool_it_serves(tmp_path: Path) -> None:
     assert group_value(s, "pss_group_workers", group) == 2
     assert group_value(s, "pss_phpfpm_max_children", group) == 2
     assert group_value(s, "pss_phpfpm_status_up", group) == 1
-    assert ("pss_phpfpm_recommended_max_children", frozenset({("group", group)})) in s
+    assert group_value(s, "pss_phpfpm_recommended_max_children", group, basis="observed_peak") > 0
+    assert group_value(s, "pss_phpfpm_worker_peaks", group) == 2  # not the status process's
     groups = {dict(labels).get("group") for _, labels in s}
     assert f"{group}_status" not in groups
 

@@ -644,6 +644,86 @@ def test_config_warning_is_bounded_whatever_the_names_in_it(
     assert len(warning) <= 2000 + len("php-fpm master 100: ")
 
 
+def fpm_master(tree: Tree, pid: int, conf: str, pools: str) -> None:
+    """A trusted master in tree whose config (conf, in its root) runs pools."""
+    tree.write(pid, "php-fpm8.2", 1000, cmdline=f"php-fpm: master process ({conf})")
+    trusted_master_files(tree.root / str(pid))
+    (tree.root / str(pid) / "root" / conf.lstrip("/")).parent.mkdir(parents=True)
+    (tree.root / str(pid) / "root" / conf.lstrip("/")).write_text(pools)
+
+
+def just_forked(tree: Tree, pid: int, master: int) -> None:
+    """A child the master has just forked: its title, executable and root."""
+    title = cmdline_of(tree, master)
+    tree.write(pid, "php-fpm8.2", 900, cmdline=title, ppid=master)
+    trusted_master_files(tree.root / str(pid))
+    shutil.copytree(tree.root / str(master) / "root", tree.root / str(pid) / "root")
+
+
+def cmdline_of(tree: Tree, pid: int) -> str:
+    return (tree.root / str(pid) / "cmdline").read_bytes().rstrip(b"\0").decode()
+
+
+def kill(tree: Tree, pid: int) -> None:
+    """pid becomes a zombie: state Z, no title, no memory."""
+    d = tree.root / str(pid)
+    (d / "stat").write_text((d / "stat").read_text().replace(") S ", ") Z "))
+    (d / "statm").write_text("0 0 0 0 0 0 0\n")
+    (d / "cmdline").write_bytes(b"")
+    (d / "smaps_rollup").write_text("")
+
+
+def counts(snap: Snapshot) -> dict[str, tuple[int, int]]:
+    """(processes, workers) by group."""
+    return {g.name: (g.processes, g.workers) for g in snap.groups}
+
+
+def test_workers_of_a_pool_are_the_masters_live_children(tmp_path: Path) -> None:
+    """Mid-storm: a worker just forked still shows its master's title; a
+    killed one is a zombie until its master reaps it. The pool's processes
+    and workers are the master's live children, in a collector kept across
+    cycles as in a fresh one: a child not titled yet is its master's only
+    pool's, or in no group when the master has several; a zombie is in none.
+    Taken for a second master of its pool, such a child renamed the pool's
+    group (php-fpm:www#1) once its config was loaded."""
+    tree = Tree(tmp_path / "proc")
+    fpm_master(tree, 100, "/etc/one.conf", "[www]\nlisten = /run/www.sock\npm = static\n")
+    tree.write(101, "php-fpm8.2", 2000, cmdline="php-fpm: pool www", ppid=100)
+    tree.write(102, "php-fpm8.2", 2000, cmdline="php-fpm: pool www", ppid=100)
+    fpm_master(tree, 200, "/etc/two.conf", "[a]\nlisten = /run/a\n[b]\nlisten = /run/b\n")
+    tree.write(201, "php-fpm8.2", 2000, cmdline="php-fpm: pool a", ppid=200)
+    tree.write(202, "php-fpm8.2", 2000, cmdline="php-fpm: pool b", ppid=200)
+    kept = collector(tree, FakeClock())
+    assert counts(kept.collect())["php-fpm:www"] == (2, 2)
+    kill(tree, 102)
+    just_forked(tree, 103, 100)
+    just_forked(tree, 203, 200)
+    want = {
+        "php-fpm:master": (2, 0),
+        "php-fpm:www": (2, 2),  # 101 and 103, not the zombie 102
+        "php-fpm:a": (1, 1),
+        "php-fpm:b": (1, 1),  # 203: a or b, it does not say yet
+    }
+    for _ in range(2):
+        assert counts(kept.collect()) == want
+    assert counts(collector(tree, FakeClock()).collect()) == want
+
+
+def test_a_child_listed_before_its_master_is_classified_again(tmp_path: Path) -> None:
+    """After PID wrap a worker can have a PID below its master's: in the first
+    cycle, its master's title is classified before the master is known, and
+    must still be taken again once the worker has retitled itself."""
+    tree = Tree(tmp_path / "proc")
+    fpm_master(tree, 300, "/etc/two.conf", "[a]\nlisten = /run/a\n[b]\nlisten = /run/b\n")
+    tree.write(301, "php-fpm8.2", 2000, cmdline="php-fpm: pool a", ppid=300)
+    tree.write(302, "php-fpm8.2", 2000, cmdline="php-fpm: pool b", ppid=300)
+    just_forked(tree, 200, 300)
+    col = collector(tree, FakeClock())
+    assert counts(col.collect())["php-fpm:b"] == (1, 1)  # 200: a or b, not known yet
+    (tree.root / "200" / "cmdline").write_bytes(b"php-fpm: pool b\0")
+    assert counts(col.collect())["php-fpm:b"] == (2, 2)
+
+
 def test_a_master_vouches_only_for_the_process_seen(tmp_path: Path) -> None:
     """The collector reads a title, then checks the executable: if the PID
     was reused in between (a fake master exited, a real one took its PID),

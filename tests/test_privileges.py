@@ -55,10 +55,12 @@ def dependency_modules() -> list[str]:
     """Top-level import names of the project's runtime dependencies."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     wanted = {normalize(re.match(r"[A-Za-z0-9._-]+", dep).group()) for dep in deps}
+    # A name must import: google-re2's top_level.txt also lists `_re2`, which
+    # lives inside the re2 package.
     return sorted(
         module
         for module, dists in packages_distributions().items()
-        if any(normalize(d) in wanted for d in dists)
+        if any(normalize(d) in wanted for d in dists) and importlib.util.find_spec(module)
     )
 
 

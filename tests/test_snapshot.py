@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from exporter.capacity import worker_size
 from exporter.procfs import ZERO_MEMORY, Memory, parse_smaps
 from exporter.snapshot import Sample, Snapshot, aggregate, distribution, optional_sum
 from exporter.top import rows
@@ -23,7 +22,7 @@ def memory(pss: int, split: tuple[int, int, int] | None) -> Memory:
     return Memory(2 * pss, pss, pss // 2, 0, 0, anon, file, shmem)
 
 
-def test_one_quantile_lookup_for_the_snapshot_the_capacity_and_top() -> None:
+def test_one_quantile_lookup_for_the_snapshot_and_top() -> None:
     dist = distribution([5 * MiB, 1 * MiB, 9 * MiB, 3 * MiB])
     assert (dist.quantile(0.5), dist.quantile(0.95), dist.quantile(1.0)) == (
         3 * MiB,
@@ -32,8 +31,6 @@ def test_one_quantile_lookup_for_the_snapshot_the_capacity_and_top() -> None:
     )
     assert dist.quantile(0.9) is None  # not a quantile the snapshot keeps
     assert distribution([]).quantile(0.5) is None
-    assert worker_size(dist.quantiles, "p95") == dist.quantile(0.95)
-    assert worker_size(dist.quantiles, "max") == dist.quantile(1.0)
     groups = aggregate([Sample("g", memory(v, None), True) for v in (5, 1, 9, 3)])
     snap = Snapshot(groups, None, None, 0.0, 0.0, 4, {}, 0)
     assert rows(snap)[0][6:8] == ("3 B", "9 B")  # MED PSS, MAX PSS
@@ -113,3 +110,20 @@ def test_modules_do_not_load_what_they_do_not_need(module: str, must_not_load: s
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", f"{module} loads {must_not_load}"
+
+
+def test_workers_count_every_worker_whether_its_memory_is_known_or_not() -> None:
+    """The distributions hold the workers whose memory is known; the worker
+    count holds every worker: one unreadable, one deferred before its first
+    read. Neither the master nor the zombie is one."""
+    (g,) = aggregate(
+        [
+            Sample("g", memory(8 * MiB, None), True),
+            Sample("g", memory(4 * MiB, None), True, stale=True),  # deferred, read before
+            Sample("g", None, True, stale=True),  # deferred, never read
+            Sample("g", None, True, unreadable=True),
+            Sample("g", memory(2 * MiB, None), False),  # a master
+            Sample("g", ZERO_MEMORY, False),  # a zombie
+        ]
+    )
+    assert (g.processes, g.workers, g.worker_pss.count, g.worker_uss.count) == (6, 4, 2, 2)
