@@ -149,7 +149,6 @@ class CgroupState:
 
     usage: int
     limit: int | None  # None: unlimited
-    oom_kills: int | None  # None: the kernel does not count them here
     pressure: dict[str, float] | None  # stall seconds by kind; None: no PSI here
     headroom: int | None  # room below the tightest limit up to the root
     # The nearest directory on the way to the root with a limit: the memory
@@ -157,7 +156,9 @@ class CgroupState:
     domain: str | None = None  # None: no limit up to the root
 
 
-def _oom_kills(d: str) -> int | None:
+def read_oom_kills(d: str) -> int | None:
+    """The cgroup's oom_kill counter (its own and its descendants' kills);
+    None when the kernel does not count them there."""
     for name in ("memory.events", "memory.oom_control"):  # v2, v1
         try:
             return parse_key_values(read_bytes(f"{d}/{name}")).get("oom_kill")
@@ -175,24 +176,21 @@ def read_state(cgroup: Cgroup) -> CgroupState:
     except OSError:
         pressure = None  # pure v1, or PSI disabled
     domain = next((m.dir for m in memory if m.limit is not None), None)
-    return CgroupState(
-        memory[0].usage, memory[0].limit, _oom_kills(chain[0]), pressure, headroom(memory), domain
-    )
+    return CgroupState(memory[0].usage, memory[0].limit, pressure, headroom(memory), domain)
 
 
 def outermost(cgroups: set[Cgroup]) -> list[Cgroup]:
     """Drop every cgroup that lies below another one of the set: a parent's
-    usage and OOM count already include its children's."""
+    usage, stall time and OOM count already include its children's."""
     leaves = {c.chain[0] for c in cgroups}
     return sorted(c for c in cgroups if not any(d in leaves for d in c.chain[1:]))
 
 
 def combine(states: list[CgroupState]) -> CgroupState:
     """One figure for a group spanning several (non-nested) cgroups: usage,
-    limits, OOM kills and stall time add up; the headroom is the smallest,
-    and the domain is that of the smallest headroom."""
+    limits and stall time add up; the headroom is the smallest, and the
+    domain is that of the smallest headroom."""
     limits = [s.limit for s in states if s.limit is not None]
-    ooms = [s.oom_kills for s in states if s.oom_kills is not None]
     pressures = [s.pressure for s in states if s.pressure is not None]
     rooms = [s.headroom for s in states if s.headroom is not None]
     tightest = min(
@@ -201,7 +199,6 @@ def combine(states: list[CgroupState]) -> CgroupState:
     return CgroupState(
         usage=sum(s.usage for s in states),
         limit=sum(limits) if len(limits) == len(states) else None,
-        oom_kills=sum(ooms) if ooms else None,
         pressure={k: sum(p.get(k, 0.0) for p in pressures) for k in pressures[0]}
         if pressures
         else None,

@@ -58,13 +58,42 @@ class FpmView(NamedTuple):
     # master of several pools) is in no group this cycle.
     groups: dict[int, str]
     untrusted: int  # processes titled as php-fpm, not trusted
+    # PIDs of status pools' processes (see _status_pools), grouped with the pool they serve
+    status: frozenset[int] = frozenset()
 
     def is_master(self, p: Proc) -> bool:
         """A trusted master; for a process not trusted, what its title says."""
         return p.pid in self.masters if p.pid in self.trusted else p.is_master
 
+    def is_worker(self, p: Proc) -> bool:
+        """Neither a master nor a status pool's process (which serves its
+        pool's status page, not its requests)."""
+        return not self.is_master(p) and p.pid not in self.status
+
 
 NO_FPM = FpmView(frozenset(), {}, {}, 0)
+STATUS_SUFFIX = "_status"
+
+
+def _status_pools(
+    running: list[tuple[str, int]], configured: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[str, int]]:
+    """The status pools among the running ones, each with the pool it serves.
+
+    With pm.status_listen, php-fpm (>= 8.0) forks a pool of its own, titled
+    "pool POOL_status", to answer POOL's status page on that socket. It is
+    no pool of the config: a running pool POOL_status of a master that runs
+    or configures POOL and configures no POOL_status (on a master's first
+    cycle, before its config is read, a configured POOL_status beside POOL is
+    taken for one too). Its process counts with POOL, as no worker of it,
+    and no capacity is made for it."""
+    known = {*running, *configured}
+    out = {}
+    for name, pid in running:
+        base = name.removesuffix(STATUS_SUFFIX)
+        if base != name and (base, pid) in known and (name, pid) not in configured:
+            out[(name, pid)] = (base, pid)
+    return out
 
 
 class Classifier:
@@ -180,8 +209,11 @@ class Grouper:
         # a running pool cannot take the name of an idle one.
         titled = {p.pid: p.fpm.name for p in children if p.fpm and not p.fpm.is_master}
         running = [(titled[p.pid], p.ppid) for p in children if p.pid in titled]
-        pools = dict.fromkeys([*running, *self._fpm.configured(masters)])
+        configured = list(self._fpm.configured(masters))
+        served = _status_pools(running, configured)
+        pools = dict.fromkeys([*(r for r in running if r not in served), *configured])
         names = fpm_pool_groups(pools, masters)
+        names.update({pool: names[base] for pool, base in served.items()})
         groups = dict.fromkeys(masters, FPM_MASTER_GROUP)
         only = only_pools(pools)
         for p in children:
@@ -194,7 +226,8 @@ class Grouper:
         trusted = frozenset(masters).union(p.pid for p in children)
         untrusted = [p for p, _ in claims if p.pid not in trusted]
         self._log_untrusted(untrusted)
-        return FpmView(trusted, masters, groups, len(untrusted))
+        status = frozenset(p.pid for p in children if (titled.get(p.pid), p.ppid) in served)
+        return FpmView(trusted, masters, groups, len(untrusted), status)
 
     def _log_untrusted(self, untrusted: list[Proc]) -> None:
         """One warning per cycle at most, naming the untrusted processes not

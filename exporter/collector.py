@@ -19,12 +19,13 @@ from types import TracebackType
 
 from .accounting import Accounting
 from .capacity import PoolPeaks
-from .cgroup import CgroupState
 from .classify import Classifier, Grouper
 from .config import Config
+from .counters import Monotonic
 from .discovery import list_pids
 from .host import AccountingSource, host_sources
 from .kmsg import KmsgWatcher
+from .oom import OomAttribution
 from .peaks import PeaksSource
 from .phpfpm import NO_LOADS, Loads, PhpFpmSource
 from .privileges import own_process
@@ -34,6 +35,7 @@ from .snapshot import (
     DEFERRED,
     READ,
     REUSED,
+    STATUS_COUNTERS,
     PoolInfo,
     Sample,
     Snapshot,
@@ -41,7 +43,14 @@ from .snapshot import (
     aggregate,
     pool_stats,
 )
-from .sources import CgroupSource, Cycle, FpmPoolsSource, KernelLogSource, SourceRunner
+from .sources import (
+    CgroupReport,
+    CgroupSource,
+    Cycle,
+    FpmPoolsSource,
+    KernelLogSource,
+    SourceRunner,
+)
 from .tracking import Proc, ReadErrors, Tracker
 
 
@@ -91,6 +100,8 @@ class Collector:
         )
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
+        self._ooms = OomAttribution()
+        self._counters: Monotonic[tuple[str, ...]] = Monotonic()
         self._results: dict[str, SourceResult] = {}  # the last completed cycle's, by source
 
     def close(self) -> None:
@@ -131,7 +142,7 @@ class Collector:
         deferred = self._scheduler.read(due, now)
         samples = []
         for p, group in zip(procs, groups):
-            s = sample(p, group, p.pid in deferred, view.is_master(p))
+            s = sample(p, group, p.pid in deferred, view.is_worker(p))
             if s is not None:
                 samples.append(s)
         peaks: dict[str, PoolPeaks] = {}
@@ -150,18 +161,20 @@ class Collector:
                 run.keep(host.zoneinfo.name)
             accounting = run.run(self._accounting, cycle, None)
         group_stats = aggregate(samples)
-        cgroups: dict[str, CgroupState] = {}
+        report: CgroupReport | None = None
         if self._cgroups is not None:
-            cgroups = run.run(self._cgroups, cycle, {})
+            report = run.run(self._cgroups, cycle, None)
+        cgroups = report.states if report else {}
         pools: tuple[PoolInfo, ...] = ()
         if pools_source is not None:
-            pools = run.run(pools_source, cycle, ())
-        kills = {g: c.oom_kills for g, c in cgroups.items() if c.oom_kills is not None}
+            pools = tuple(self._monotonic_status(p) for p in run.run(pools_source, cycle, ()))
+        victims = None
         kmsg = self._kmsg
         if self._kernel_log is not None and kmsg is not None:
-            # Where a group has cgroups of its own, their counter wins.
-            for group, count in run.run(self._kernel_log, cycle, {}, kmsg_down(kmsg)).items():
-                kills.setdefault(group, count)
+            victims = run.run(self._kernel_log, cycle, None, kmsg_down(kmsg))
+        units = report.units if report else None
+        self._ooms.update(now, zip((p.pid for p in procs), groups), units, victims or ())
+        counted = self._cgroups is not None or victims is not None
         available = meminfo.get("MemAvailable")
         sources = run.results()
         self._results = {r.name: r for r in sources}
@@ -183,15 +196,36 @@ class Collector:
             large_reads=large_reads(procs, groups, self.config.collection.large_rss),
             pools=pool_stats(pools, group_stats, available, cgroups, peaks, self.config.php_fpm),
             cgroups=cgroups,
-            host_oom_kills=oom_kills,
-            host_pressure=pressure,
+            host_oom_kills=self._host_counter(("vmstat", "oom_kill"), oom_kills),
+            host_pressure=None
+            if pressure is None
+            else {k: self._host_counter(("pressure", k), v) or 0.0 for k, v in pressure.items()},
             accounting=accounting,
-            group_oom_kills=kills,
+            group_oom_kills=self._ooms.counts(groups, units, victims is not None),
+            oom_unattributed=self._ooms.unattributed if counted else None,
             phpfpm_config_errors=self._fpm.config_errors if self._fpm else 0,
             phpfpm_untrusted=view.untrusted,
             sources=sources,
             own=own_process(),
         )
+
+    def _host_counter(self, key: tuple[str, ...], reading: float | None) -> float | None:
+        """A host file's counter made never to fall; None while unread."""
+        self._counters.feed(key, "host", reading)
+        return self._counters.value(key) if reading is not None else None
+
+    def _monotonic_status(self, pool: PoolInfo) -> PoolInfo:
+        """pool with its status page's counters summed over the php-fpm
+        masters that served it (a restart resets them): never falling."""
+        status = pool.status
+        if status is None:
+            return pool
+        counters = {}
+        for name in STATUS_COUNTERS:
+            key = ("php-fpm", pool.group, name)
+            self._counters.feed(key, pool.master, getattr(status, name))
+            counters[name] = int(self._counters.value(key) or 0)
+        return replace(pool, status=replace(status, **counters))
 
 
 def kmsg_down(watcher: KmsgWatcher) -> Callable[[object], str | None]:
@@ -199,10 +233,10 @@ def kmsg_down(watcher: KmsgWatcher) -> Callable[[object], str | None]:
     return lambda _: None if watcher.available else f"cannot read {watcher.path}"
 
 
-def sample(p: Proc, group: str, deferred: bool, is_master: bool) -> Sample | None:
+def sample(p: Proc, group: str, deferred: bool, is_worker: bool) -> Sample | None:
     """What a process contributes to its group this cycle; None when it
-    vanished or was garbled during this cycle's read."""
-    is_worker = not is_master
+    vanished or was garbled during this cycle's read. is_worker:
+    classify.FpmView.is_worker (no php-fpm master, no status pool's process)."""
     if not p.holds_memory:  # a zombie or a kernel thread: no memory, no worker
         return Sample(group, ZERO_MEMORY, False)
     if p.unreadable:

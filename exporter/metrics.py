@@ -25,23 +25,37 @@ from .snapshot import SMAPS_OUTCOMES, Distribution, GroupStats, PoolStats, Snaps
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = " (from the background collection)"
-
 # name, help, value getter: the per-group gauges, in exposition order.
 _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] = (
-    ("pss_group_processes", "Processes in the group", lambda g: g.processes),
-    ("pss_group_pss_bytes", "Sum of Pss (smaps_rollup) over the group", lambda g: g.pss),
-    ("pss_group_pss_anon_bytes", "Sum of Pss_Anon over the group", lambda g: g.pss_anon),
-    ("pss_group_pss_file_bytes", "Sum of Pss_File over the group", lambda g: g.pss_file),
-    ("pss_group_pss_shmem_bytes", "Sum of Pss_Shmem over the group", lambda g: g.pss_shmem),
+    (
+        "pss_group_processes",
+        "Processes in the group (zombies and unreadable ones included)",
+        lambda g: g.processes,
+    ),
+    ("pss_group_pss_bytes", "Sum of the group's processes' Pss", lambda g: g.pss),
+    (
+        "pss_group_pss_anon_bytes",
+        "Sum of the group's processes' Pss_Anon (absent unless every one reports it)",
+        lambda g: g.pss_anon,
+    ),
+    (
+        "pss_group_pss_file_bytes",
+        "Sum of the group's processes' Pss_File (absent unless every one reports it)",
+        lambda g: g.pss_file,
+    ),
+    (
+        "pss_group_pss_shmem_bytes",
+        "Sum of the group's processes' Pss_Shmem (absent unless every one reports it)",
+        lambda g: g.pss_shmem,
+    ),
     (
         "pss_group_uss_bytes",
-        "Sum of USS (Private_Clean + Private_Dirty) over the group",
+        "Sum of the group's processes' USS (Private_Clean + Private_Dirty)",
         lambda g: g.uss,
     ),
-    ("pss_group_rss_bytes", "Sum of Rss (same smaps_rollup read as Pss)", lambda g: g.rss),
-    ("pss_group_swap_bytes", "Sum of Swap over the group", lambda g: g.swap),
-    ("pss_group_swap_pss_bytes", "Sum of SwapPss over the group", lambda g: g.swap_pss),
+    ("pss_group_rss_bytes", "Sum of the group's processes' Rss", lambda g: g.rss),
+    ("pss_group_swap_bytes", "Sum of the group's processes' Swap", lambda g: g.swap),
+    ("pss_group_swap_pss_bytes", "Sum of the group's processes' SwapPss", lambda g: g.swap_pss),
     (
         "pss_group_unreadable_processes",
         "Processes of the group whose smaps could not be read (permission denied)",
@@ -53,43 +67,54 @@ _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] =
         "(their values are from an earlier collection, or missing if never read)",
         lambda g: g.stale,
     ),
+    (
+        "pss_group_workers",
+        "Workers in the group: its processes but php-fpm masters, php-fpm status-pool "
+        "processes and zombies, whether their memory could be read this cycle or not",
+        lambda g: g.workers,
+    ),
+)
+
+# suffix, help, quantile: the per-worker distributions, nearest rank.
+_WORKER_QUANTILES = (
+    ("median", "Median (nearest rank)", 0.5),
+    ("p95", "95th percentile (nearest rank)", 0.95),
+    ("max", "Largest", 1.0),
 )
 
 
-def _summary(
-    name: str, doc: str, groups: tuple[GroupStats, ...], pick: Callable[[GroupStats], Distribution]
-) -> Metric:
-    metric = Metric(name, doc + BACKGROUND, "summary")
-    for g in groups:
-        dist = pick(g)
-        for q, value in dist.quantiles:
-            metric.add_sample(name, {"group": g.name, "quantile": repr(q)}, value)
-        metric.add_sample(name + "_sum", {"group": g.name}, dist.total)
-        metric.add_sample(name + "_count", {"group": g.name}, dist.count)
-    return metric
+def worker_families(groups: tuple[GroupStats, ...]) -> Iterator[Metric]:
+    """pss_group_worker_{pss,uss}_{median,p95,max}_bytes: gauges, absent for
+    a group without workers. (A Summary's _sum and _count are counters, and
+    these fall when workers exit.)"""
+    picks: tuple[tuple[str, str, Callable[[GroupStats], Distribution]], ...] = (
+        ("pss", "Pss", lambda g: g.worker_pss),
+        ("uss", "USS", lambda g: g.worker_uss),
+    )
+    for kind, label, pick in picks:
+        for suffix, doc, q in _WORKER_QUANTILES:
+            fam = GaugeMetricFamily(
+                f"pss_group_worker_{kind}_{suffix}_bytes",
+                f"{doc} of the {label} of the group's workers whose memory is known",
+                labels=["group"],
+            )
+            for g in groups:
+                value = pick(g).quantile(q)
+                if value is not None:
+                    fam.add_metric([g.name], value)
+            yield fam
 
 
 def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
     """Every pss_* family for one snapshot (fresh objects each call)."""
     for name, doc, get in _GROUP_GAUGES:
-        fam = GaugeMetricFamily(name, doc + BACKGROUND, labels=["group"])
+        fam = GaugeMetricFamily(name, doc, labels=["group"])
         for g in snap.groups:
             value = get(g)
             if value is not None:
                 fam.add_metric([g.name], value)
         yield fam
-    yield _summary(
-        "pss_group_worker_pss_bytes",
-        "Per-worker Pss of the group's workers (php-fpm masters and zombies excluded)",
-        snap.groups,
-        lambda g: g.worker_pss,
-    )
-    yield _summary(
-        "pss_group_worker_uss_bytes",
-        "Per-worker USS of the group's workers (php-fpm masters and zombies excluded)",
-        snap.groups,
-        lambda g: g.worker_uss,
-    )
+    yield from worker_families(snap.groups)
     for name, doc, value in (
         ("pss_host_memory_total_bytes", "MemTotal from /proc/meminfo", snap.memory_total),
         (
@@ -99,7 +124,7 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
         ),
     ):
         if value is not None:
-            yield GaugeMetricFamily(name, doc + BACKGROUND, value=value)
+            yield GaugeMetricFamily(name, doc, value=value)
     yield GaugeMetricFamily(
         "pss_exporter_collection_duration_seconds",
         "Duration of the last collection",
@@ -141,7 +166,8 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
     yield large
     errors = CounterMetricFamily(
         "pss_exporter_read_errors_total",
-        "Failed reads of /proc files, by reason (vanished, permission, parse)",
+        "Failed reads of /proc files, by reason (vanished, permission, parse); a process "
+        "that stays unreadable counts once per collection",
         labels=["reason"],
     )
     for reason in REASONS:
@@ -149,7 +175,7 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
     yield errors
     yield CounterMetricFamily(
         "pss_exporter_groups_overflow_total",
-        'Processes put into group "other" because max_groups was reached',
+        "Processes put into the group named other because max_groups was reached",
         value=snap.groups_overflow,
     )
     info = GaugeMetricFamily(
@@ -196,19 +222,19 @@ _POOL_FAMILIES: tuple[tuple[str, str, str, Callable[[PoolStats], float | None]],
     (
         "pss_phpfpm_max_children_reached_total",
         "counter",
-        "Times the pool hit pm.max_children (status page)",
+        "Times the pool hit pm.max_children (status page, summed over php-fpm restarts)",
         lambda p: p.info.status.max_children_reached if p.info.status else None,
     ),
     (
         "pss_phpfpm_accepted_connections_total",
         "counter",
-        "Requests accepted (status page)",
+        "Requests accepted by the pool (status page, summed over php-fpm restarts)",
         lambda p: p.info.status.accepted_conn if p.info.status else None,
     ),
     (
         "pss_phpfpm_slow_requests_total",
         "counter",
-        "Requests slower than request_slowlog_timeout (status page)",
+        "Requests slower than request_slowlog_timeout (status page, summed over php-fpm restarts)",
         lambda p: p.info.status.slow_requests if p.info.status else None,
     ),
     (
@@ -257,7 +283,7 @@ _BASIS_FAMILIES: tuple[tuple[str, str, Callable[[Figures], int | None]], ...] = 
     ),
     (
         "pss_phpfpm_recommended_max_children",
-        "floor((budget - shared) / worker size)",
+        "pm.max_children that fits the budget: floor((budget - shared) / worker size)",
         lambda s: s.recommended,
     ),
 )
@@ -266,14 +292,14 @@ _BASIS_FAMILIES: tuple[tuple[str, str, Callable[[Figures], int | None]], ...] = 
 def pool_families(snap: Snapshot) -> Iterator[Metric]:
     for name, kind, doc, get in _POOL_FAMILIES:
         cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-        fam = cls(name, doc + BACKGROUND, labels=["group"])
+        fam = cls(name, doc, labels=["group"])
         for pool in snap.pools:
             value = get(pool)
             if value is not None:
                 fam.add_metric([pool.info.group], value)
         yield fam
     for name, doc, of in _BASIS_FAMILIES:
-        fam = GaugeMetricFamily(name, doc + BACKGROUND, labels=["group", "basis"])
+        fam = GaugeMetricFamily(name, doc, labels=["group", "basis"])
         for pool in snap.pools:
             for basis in BASES:
                 value = of(pool.capacity.bases[basis])
@@ -282,7 +308,7 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
         yield fam
     processes = GaugeMetricFamily(
         "pss_phpfpm_processes",
-        "Workers by state, from the status page" + BACKGROUND,
+        "Workers by state, from the status page",
         labels=["group", "state"],
     )
     for pool in snap.pools:
@@ -292,7 +318,8 @@ def pool_families(snap: Snapshot) -> Iterator[Metric]:
     yield processes
     yield CounterMetricFamily(
         "pss_phpfpm_config_errors_total",
-        "php-fpm configurations that could not be read or parsed",
+        "php-fpm config loads that found an error: unreadable or malformed, a number out of "
+        "range, a running pool not configured, a status address the master does not hold",
         value=snap.phpfpm_config_errors,
     )
     yield GaugeMetricFamily(
@@ -309,19 +336,18 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     if acc is not None:
         yield GaugeMetricFamily(
             "pss_host_memory_used_bytes",
-            "MemTotal - MemAvailable (free's used, procps-ng >= 4)" + BACKGROUND,
+            "MemTotal - MemAvailable (free's used, procps-ng >= 4)",
             value=acc.used,
         )
         yield GaugeMetricFamily(
             "pss_host_memory_used_procps3_bytes",
-            "MemTotal - MemFree - Buffers - Cached - SReclaimable (procps-ng 3.3's used)"
-            + BACKGROUND,
+            "MemTotal - MemFree - Buffers - Cached - SReclaimable (procps-ng 3.3's used)",
             value=acc.used_procps3,
         )
         parts = GaugeMetricFamily(
             "pss_host_memory_accounted_bytes",
             "Used memory by component; the components add up to pss_host_memory_used_bytes, "
-            "unexplained is the remainder (may be negative)" + BACKGROUND,
+            "unexplained is the remainder (may be negative)",
             labels=["component"],
         )
         for component, value in acc.components.items():
@@ -359,23 +385,23 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
         yield pressure
     usage = GaugeMetricFamily(
         "pss_group_cgroup_memory_usage_bytes",
-        "Memory charged to the group's cgroup(s), page cache included" + BACKGROUND,
+        "Memory charged to the group's outermost cgroup(s), page cache included",
         labels=["group"],
     )
     limit = GaugeMetricFamily(
         "pss_group_cgroup_memory_limit_bytes",
-        "Memory limit of the group's cgroup(s) (absent when unlimited)" + BACKGROUND,
+        "Memory limit of the group's outermost cgroup(s), summed (absent when one is unlimited)",
         labels=["group"],
     )
     ooms = CounterMetricFamily(
         "pss_group_oom_kills_total",
-        "OOM kills in the group's cgroup(s), or attributed to the group from the kernel log "
-        "when it has no cgroup of its own",
+        "OOM kills of the group's processes: each kill once, in the victim's group "
+        "(cgroup counters, the kernel log where a cgroup holds several groups)",
         labels=["group"],
     )
     stalls = CounterMetricFamily(
         "pss_group_memory_pressure_seconds_total",
-        "Time tasks of the group's cgroup(s) stalled on memory (memory.pressure total)",
+        "Time tasks of the group's outermost cgroup(s) stalled on memory (memory.pressure total)",
         labels=["group", "kind"],
     )
     for group, state in sorted(snap.cgroups.items()):
@@ -387,6 +413,13 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     for group, kills in sorted(snap.group_oom_kills.items()):
         ooms.add_metric([group], kills)
     yield from (usage, limit, ooms, stalls)
+    if snap.oom_unattributed is not None:
+        yield CounterMetricFamily(
+            "pss_oom_kills_unattributed",
+            "OOM kills counted by a cgroup shared by several groups that the kernel log "
+            "did not say the victim of (never counted in a group)",
+            value=snap.oom_unattributed,
+        )
     caps = GaugeMetricFamily(
         "pss_exporter_privileges",
         "1 when the exporter holds a capability it needs (cap_sys_ptrace: other users' smaps; "

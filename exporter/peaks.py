@@ -100,8 +100,8 @@ class PeaksSource:
     def collect(self, cycle: Cycle) -> dict[str, PoolPeaks]:
         now = cycle.now
         for p, group in zip(cycle.procs, cycle.groups):
-            if p.pid not in cycle.view.trusted or p.fpm is None or p.is_master:
-                continue
+            if p.pid not in cycle.view.trusted or p.fpm is None or not cycle.view.is_worker(p):
+                continue  # a master, or a status pool's process (classify._status_pools)
             if group == OTHER_GROUP or p.memory is None or p.state == "Z":
                 continue
             try:

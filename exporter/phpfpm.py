@@ -632,7 +632,7 @@ class PhpFpmSource:
             max_children = override.max_children if override else None
             if max_children is None and s is not None:
                 max_children = s.max_children
-            out.append(PoolInfo(ref.group, s, max_children, status, queried))
+            out.append(PoolInfo(ref.group, s, max_children, status, queried, ref.master_pid))
         return tuple(out)
 
     # ----------------------------------------------------------- helpers

@@ -41,8 +41,9 @@ class Sample(NamedTuple):
     memory is None when its smaps could not be read (unreadable: permission
     denied) or has not been read yet (stale: deferred by the time budget).
     stale with memory set means the values are from an earlier cycle.
-    Workers are all processes except php-fpm masters and zombies (a trusted
-    master's child is a worker whatever its title: classify.FpmView.is_master).
+    Workers are all processes except php-fpm masters, status-pool processes
+    and zombies (a trusted master's child is a worker whatever its title:
+    classify.FpmView.is_worker).
     """
 
     group: str
@@ -121,6 +122,10 @@ class PoolStatus:
     slow_requests: int
 
 
+# The counters of a status page (reset when php-fpm restarts).
+STATUS_COUNTERS = ("accepted_conn", "max_children_reached", "slow_requests")
+
+
 @dataclass(frozen=True)
 class PoolInfo:
     """What one collection learned about a pool beyond its memory."""
@@ -130,6 +135,7 @@ class PoolInfo:
     max_children: int | None  # configured, or the YAML override
     status: PoolStatus | None  # None: no status source, or it did not answer
     status_queried: bool
+    master: int | None = None  # PID of the php-fpm master serving the status page
 
 
 @dataclass(frozen=True)
@@ -159,10 +165,12 @@ class Snapshot:
     phpfpm_config_errors: int = 0  # cumulative failed php-fpm config reads
     phpfpm_untrusted: int = 0  # processes titled as php-fpm's, not trusted, this cycle
     cgroups: dict[str, CgroupState] = field(default_factory=dict)  # by group name
-    host_oom_kills: int | None = None  # /proc/vmstat oom_kill
+    # The counters below never fall (counters.py): summed over their sources.
+    host_oom_kills: float | None = None  # /proc/vmstat oom_kill
     host_pressure: dict[str, float] | None = None  # stall seconds by kind
     accounting: Accounting | None = None  # the latest reconciliation
-    group_oom_kills: dict[str, int] = field(default_factory=dict)  # cgroup or kernel log
+    group_oom_kills: dict[str, int] = field(default_factory=dict)  # by victim's group (oom.py)
+    oom_unattributed: int | None = None  # kills no group could be given; None: not counted
     # The exporter's own process (capabilities, CPU, memory, descriptors), read
     # with the collection so that rendering reads nothing.
     own: OwnProcess = field(default_factory=OwnProcess)

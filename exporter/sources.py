@@ -19,14 +19,26 @@ around the smaps reads (the pages answer meanwhile), both timed under one name.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple, Protocol, TypeVar
 
-from .cgroup import Cgroup, CgroupPaths, CgroupState, combine, memory_cgroup, outermost, read_state
+from .cgroup import (
+    Cgroup,
+    CgroupPaths,
+    CgroupState,
+    combine,
+    memory_cgroup,
+    outermost,
+    read_oom_kills,
+    read_state,
+)
 from .classify import OTHER_GROUP, FpmView
+from .counters import Monotonic
 from .kmsg import KmsgWatcher
+from .oom import OomUnit
 from .phpfpm import Loads, Pending, PhpFpmSource, PoolRef
 from .procfs import Watermarks
 from .snapshot import PoolInfo, SourceResult
@@ -36,8 +48,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
-
-RECENT_PIDS = 600.0  # seconds an exited PID's group is remembered for the kernel log
 
 
 @dataclass(frozen=True)
@@ -132,18 +142,28 @@ class SourceRunner:
         return results
 
 
+class CgroupReport(NamedTuple):
+    """What the cgroups source found this cycle."""
+
+    states: dict[str, CgroupState]  # by group; pressure monotonic (counters.py)
+    units: tuple[OomUnit, ...]  # the OOM counting units (oom.py)
+
+
 class CgroupSource:
-    """Each group's memory cgroup(s): outermost ones only, combined."""
+    """Each group's memory cgroup(s), outermost ones only, combined, and the
+    outermost cgroups of all grouped processes with their OOM counters."""
 
     name = "cgroups"
 
     def __init__(self, sysfs: str) -> None:
         self.sysfs = sysfs
         self._warn_cgroupns = True
+        self._pressure: Monotonic[tuple[str, str]] = Monotonic()  # (group, kind)
 
-    def collect(self, cycle: Cycle) -> dict[str, CgroupState]:
+    def collect(self, cycle: Cycle) -> CgroupReport:
         found: dict[CgroupPaths, Cgroup | None] = {}
         by_group: dict[str, set[Cgroup]] = {}
+        members: dict[Cgroup, list[tuple[int, str]]] = {}
         for p, group in zip(cycle.procs, cycle.groups):
             if p.cgroup is None:
                 continue
@@ -158,52 +178,80 @@ class CgroupSource:
             cgroup = found[p.cgroup]
             if cgroup is not None:
                 by_group.setdefault(group, set()).add(cgroup)
+                members.setdefault(cgroup, []).append((p.pid, group))
+        inodes: dict[str, int] = {}
         states: dict[Cgroup, CgroupState | None] = {}
         out = {}
         for group, group_cgroups in by_group.items():
             read = []
             for cgroup in outermost(group_cgroups):
                 if cgroup not in states:
-                    try:
-                        states[cgroup] = read_state(cgroup)
-                    except (OSError, ValueError):
-                        states[cgroup] = None  # removed while we looked
+                    states[cgroup] = self._read(cgroup, inodes)
                 state = states[cgroup]
                 if state is not None:
                     read.append(state)
+                    for kind, seconds in (state.pressure or {}).items():
+                        source = (cgroup.chain[0], inodes[cgroup.chain[0]])
+                        self._pressure.feed((group, kind), source, seconds)
             if read:
-                out[group] = combine(read)
-        return out
+                out[group] = self._monotonic(group, combine(read))
+        return CgroupReport(out, self._units(members, inodes))
+
+    @staticmethod
+    def _read(cgroup: Cgroup, inodes: dict[str, int]) -> CgroupState | None:
+        try:
+            inodes[cgroup.chain[0]] = os.stat(cgroup.chain[0]).st_ino
+            return read_state(cgroup)
+        except (OSError, ValueError):
+            return None  # removed while we looked
+
+    def _monotonic(self, group: str, state: CgroupState) -> CgroupState:
+        """state with its pressure as this group's never-falling counters."""
+        if state.pressure is None:
+            return state
+        pressure = {kind: self._pressure.value((group, kind)) or 0.0 for kind in state.pressure}
+        return replace(state, pressure=pressure)
+
+    @staticmethod
+    def _units(
+        members: dict[Cgroup, list[tuple[int, str]]], inodes: dict[str, int]
+    ) -> tuple[OomUnit, ...]:
+        """The outermost cgroups over every group, each with the grouped
+        processes in or below it and its OOM kill counter."""
+        tops = {c.chain[0] for c in outermost(set(members))}
+        inside: dict[str, list[tuple[int, str]]] = {}
+        for cgroup, ms in members.items():  # each cgroup lies below exactly one top
+            top = next(d for d in cgroup.chain if d in tops)
+            inside.setdefault(top, []).extend(ms)
+        units = []
+        for d in sorted(inside):
+            try:
+                inode = inodes[d] if d in inodes else os.stat(d).st_ino
+            except OSError:
+                continue  # removed while we looked
+            try:
+                kills = read_oom_kills(d)
+                if kills is None:
+                    continue  # the kernel counts no OOM kills here: no unit
+            except (OSError, ValueError):
+                kills = None  # unreadable or garbled this cycle: held
+            groups = frozenset(g for _, g in inside[d])
+            units.append(OomUnit((d, inode), groups, frozenset(p for p, _ in inside[d]), kills))
+        return tuple(units)
 
 
 class KernelLogSource:
-    """OOM kills the kernel log names, attributed to groups through the PIDs
-    seen in the last RECENT_PIDS seconds. While the log is read, every group
-    is present from 0, so that increase() sees a group's first kill."""
+    """The PIDs the kernel log reported OOM-killed since the last cycle;
+    None while the log cannot be read. oom.OomAttribution decides whose."""
 
     name = "kmsg"
 
     def __init__(self, watcher: KmsgWatcher) -> None:
         self.watcher = watcher
-        self._recent: dict[int, tuple[str, float]] = {}  # pid -> (group, last seen)
-        self._kills: dict[str, int] = {}
 
-    def collect(self, cycle: Cycle) -> dict[str, int]:
-        now = cycle.now
-        for p, group in zip(cycle.procs, cycle.groups):
-            self._recent[p.pid] = (group, now)
-        for kill in self.watcher.drain():
-            seen = self._recent.get(kill.pid)
-            if seen is None:
-                log.info("OOM kill of %d (%r): not a grouped process", kill.pid, kill.comm)
-                continue
-            self._kills[seen[0]] = self._kills.get(seen[0], 0) + 1
-        self._recent = {
-            pid: seen for pid, seen in self._recent.items() if now - seen[1] < RECENT_PIDS
-        }
-        if not self.watcher.available:
-            return {}
-        return {g: self._kills.get(g, 0) for g in {*cycle.groups, *self._kills}}
+    def collect(self, cycle: Cycle) -> tuple[int, ...] | None:
+        kills = tuple(kill.pid for kill in self.watcher.drain())
+        return kills if self.watcher.available else None
 
 
 class FpmPoolsSource:
@@ -238,8 +286,8 @@ def pool_refs(cycle: Cycle) -> list[PoolRef]:
     view = cycle.view
     refs: dict[str, PoolRef] = {}
     for p, group in zip(cycle.procs, cycle.groups):
-        if p.pid not in view.trusted or p.fpm is None or p.is_master:
-            continue
+        if p.pid not in view.trusted or p.fpm is None or p.is_master or p.pid in view.status:
+            continue  # a status pool's process is not its pool's worker
         if group == OTHER_GROUP or group in refs:
             continue
         refs[group] = PoolRef(group, p.fpm.name, p.ppid, view.masters[p.ppid].conf, p.pid)

@@ -314,7 +314,7 @@ def test_recommendation_at_idle_is_that_under_load(tmp_path: Path) -> None:
             dist,
             len(workers_uss),
         )
-        state = CgroupState(other + pss, limit, 0, None, limit - other - pss, "/cg")
+        state = CgroupState(other + pss, limit, None, limit - other - pss, "/cg")
         info = PoolInfo("php-fpm:www", None, 10, None, False)
         (stats,) = pool_stats(
             (info,), (g,), 4 * GiB, {"php-fpm:www": state}, {"php-fpm:www": window}, config
@@ -451,7 +451,7 @@ def test_explain_pool_prints_the_derivation() -> None:
         group("php-fpm:a", 60 * MiB, 40 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
         group("php-fpm:b", 50 * MiB, 30 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
     )
-    state = CgroupState(210 * MiB, 720 * MiB, 0, None, 510 * MiB, "/sys/fs/cgroup/memory/cg")
+    state = CgroupState(210 * MiB, 720 * MiB, None, 510 * MiB, "/sys/fs/cgroup/memory/cg")
     infos = tuple(PoolInfo(g, None, 20, None, False) for g in ("php-fpm:a", "php-fpm:b"))
     window = {"php-fpm:a": peaks(20, 26), "php-fpm:b": peaks(10)}
     pools = pool_stats(

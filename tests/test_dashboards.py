@@ -33,7 +33,7 @@ UNITS = {"bytes", "s", "none", "short", "percentunit", "reqps", "cps"}
 # Functions whose argument may be a counter (a raw counter is never plotted).
 COUNTER_FUNCTIONS = re.compile(r"\b(?:rate|irate|increase|changes|resets)\(\s*$")
 SELECTOR = re.compile(r"\b(pss_\w+)\s*(\{[^}]*\})?")
-README_ROW = re.compile(r"^\| `(pss_\w+)` \| (gauge|counter|summary) \|(.*)$", re.M)
+README_ROW = re.compile(r"^\| `(pss_\w+)` \| (gauge|counter) \|(.*)$", re.M)
 # Values a multi-value $group takes in Grafana: a regex of the selected groups.
 VALUES = variable_values(job="pss", instance="127.0.0.1:9778", group="(php-fpm:www|bash)")
 
@@ -41,15 +41,11 @@ by_dashboard = pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 
 
 def readme_metrics() -> dict[str, tuple[str, str]]:
-    """{sample name: (type, meaning)} from README.md's metric tables; a
-    summary also yields its _sum and _count samples, which describe the
-    current workers (not counters: they fall when workers exit)."""
-    metrics = {}
-    for name, kind, meaning in README_ROW.findall((ROOT / "README.md").read_text()):
-        metrics[name] = (kind, meaning)
-        if kind == "summary":
-            metrics[f"{name}_sum"] = metrics[f"{name}_count"] = (kind, meaning)
-    return metrics
+    """{sample name: (type, meaning)} from README.md's metric tables."""
+    return {
+        name: (kind, meaning)
+        for name, kind, meaning in README_ROW.findall((ROOT / "README.md").read_text())
+    }
 
 
 def has_group_label(name: str, meaning: str) -> bool:
@@ -138,9 +134,8 @@ def test_the_required_panels_exist(path: Path) -> None:
         "pss_group_pss_file_bytes",
         "pss_group_pss_shmem_bytes",
         "sum(pss_group_rss_bytes{",  # the RSS / PSS overstatement stat
-        'pss_group_worker_pss_bytes{job="$job", instance="$instance", group=~"$group", '
-        'quantile="0.95"}',
-        "pss_group_worker_uss_bytes_sum",
+        'pss_group_worker_pss_p95_bytes{job="$job", instance="$instance", group=~"$group"}',
+        "pss_group_worker_uss_median_bytes",
         "pss_phpfpm_max_children",
         "pss_phpfpm_projected_bytes",
         "pss_phpfpm_budget_bytes",

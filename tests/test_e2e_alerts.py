@@ -36,7 +36,7 @@ from fpm import global_section, pool_workers, running_fpm
 from prometheus_util import running_prometheus, wait_for_series
 from test_alerts import KNOBS, generated
 
-from exporter.cgroup import Cgroup, read_memory, read_state
+from exporter.cgroup import read_memory, read_oom_kills
 from exporter.fastcgi import FastCGIError, request
 
 from conftest import (
@@ -160,7 +160,7 @@ def usage_ratio(cgroup: Path) -> float:
 
 
 def oom_kills(cgroup: Path) -> int:
-    kills = read_state(Cgroup((str(cgroup),), f"{cgroup}/memory.pressure")).oom_kills
+    kills = read_oom_kills(str(cgroup))
     assert kills is not None, f"{cgroup} does not count OOM kills"
     return kills
 

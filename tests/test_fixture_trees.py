@@ -19,7 +19,6 @@ from conftest import EXPORTER, FIXTURES, ROOT, group_value, parse_samples, run_c
 TREES = FIXTURES / "procfs"
 KB = 1024
 MEM_TOTAL_KB, MEM_AVAILABLE_KB = 16303412, 12845960  # the trees' meminfo
-QUANTILES = ("0.5", "0.95", "1.0")
 
 BY_COMM = """
 process_names:
@@ -30,7 +29,7 @@ process_names:
 
 @dataclass(frozen=True)
 class Summary:
-    """A worker summary: nearest-rank quantiles 0.5, 0.95, 1, then _sum and _count."""
+    """A group's workers: nearest-rank median, p95 and max (kB), their sum (kB) and count."""
 
     q50: int
     q95: int
@@ -59,6 +58,9 @@ class Group:
     swap: int = 0
     swap_pss: int = 0
     unreadable: int = 0
+    # pss_group_workers: every worker, its memory read or not; None: the
+    # distributions' count (every worker's memory read)
+    workers: int | None = None
 
 
 # ----------------------------------------------------------------- helpers
@@ -107,14 +109,14 @@ def has_series(samples: dict, name: str, group: str) -> bool:
     return any(n == name and dict(labels).get("group") == group for n, labels in samples)
 
 
-def check_summary(samples: dict, name: str, group: str, expected: Summary) -> None:
-    if expected.count:
-        for q, kb in zip(QUANTILES, (expected.q50, expected.q95, expected.q100)):
-            assert group_value(samples, name, group, quantile=q) == kb * KB, (group, name, q)
-    else:
-        assert not has_series(samples, name, group), f"{group}: {name} quantiles without workers"
-    assert group_value(samples, name + "_sum", group) == expected.total * KB, (group, name)
-    assert group_value(samples, name + "_count", group) == expected.count, (group, name)
+def check_workers(samples: dict, kind: str, group: str, expected: Summary) -> None:
+    """The gauges pss_group_worker_KIND_{median,p95,max}_bytes."""
+    for suffix, kb in zip(("median", "p95", "max"), (expected.q50, expected.q95, expected.q100)):
+        name = f"pss_group_worker_{kind}_{suffix}_bytes"
+        if expected.count:
+            assert group_value(samples, name, group) == kb * KB, (group, name)
+        else:
+            assert not has_series(samples, name, group), f"{group}: {name} without workers"
 
 
 def check_group(samples: dict, group: str, exp: Group) -> None:
@@ -134,8 +136,10 @@ def check_group(samples: dict, group: str, exp: Group) -> None:
             assert not has_series(samples, metric, group), f"{group}: {metric} should be absent"
         else:
             assert gauge(metric) == kb * KB, (group, metric)
-    check_summary(samples, "pss_group_worker_pss_bytes", group, exp.worker_pss)
-    check_summary(samples, "pss_group_worker_uss_bytes", group, exp.worker_uss)
+    workers = exp.worker_pss.count if exp.workers is None else exp.workers
+    assert gauge("pss_group_workers") == workers, group
+    check_workers(samples, "pss", group, exp.worker_pss)
+    check_workers(samples, "uss", group, exp.worker_uss)
 
 
 def check_groups(samples: dict, expected: dict[str, Group]) -> None:
@@ -369,6 +373,7 @@ def test_unreadable_smaps_counts_as_unreadable(tmp_path: Path) -> None:
         worker_uss=Summary(8000, 36000, 36000, 44000, 2),
         swap=512 + 1024,
         swap_pss=256 + 1024,
+        workers=3,  # the unreadable one is a worker too, its memory unknown
     )
     check_groups(samples, {**FPM_HOST, "php-fpm:www": www})
     check_exporter(samples, scanned=7, permission=1)

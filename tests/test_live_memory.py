@@ -119,11 +119,12 @@ def test_group_values_match_psutil(live: Live, role: str) -> None:
         assert group_value(s, f"pss_group_{metric}_bytes", group) == pytest.approx(
             expected, rel=0.01
         ), metric
-    # Each process's own PSS and USS: with one or two workers, the summary's
-    # quantiles 0.5 and 1 (nearest rank) are the smallest and largest value.
+    # Each process's own PSS and USS: with one or two workers, the median and
+    # the max (nearest rank) are the smallest and largest value.
+    assert group_value(s, "pss_group_workers", group) == len(mems)
     for metric in ("pss", "uss"):
-        name = f"pss_group_worker_{metric}_bytes"
-        assert group_value(s, name + "_count", group) == len(mems)
         per_process = sorted(m[metric] for m in mems)
-        reported = [group_value(s, name, group, quantile=q) for q in ("0.5", "1.0")]
+        reported = [
+            group_value(s, f"pss_group_worker_{metric}_{q}_bytes", group) for q in ("median", "max")
+        ]
         assert reported == pytest.approx([per_process[0], per_process[-1]], rel=0.01), metric

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import builtins
 import os
+import subprocess
 from typing import Any
 
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import privileges
 from exporter.collector import Collector
 from exporter.config import build_config
 from exporter.metrics import OPENMETRICS, TEXT, render
 from exporter.privileges import OwnFamily, OwnProcess, OwnSample, own_process
-from exporter.snapshot import Snapshot
+from exporter.procfs import Memory
+from exporter.snapshot import Sample, Snapshot, aggregate
 
-from conftest import FIXTURES, parse_samples
+from conftest import FIXTURES, parse_samples, require_binary
 
 OWN = OwnProcess(
     (("cap_sys_ptrace", False), ("cap_dac_read_search", True), ("cap_syslog", False)),
@@ -86,3 +90,63 @@ def test_the_collection_reads_the_exporters_own_process() -> None:
     body = render(snap).text.decode()
     assert "process_resident_memory_bytes " in body
     assert 'pss_exporter_privileges{capability="cap_sys_ptrace"}' in body
+
+
+def worker(group: str, pss_mib: int, master: bool = False) -> Sample:
+    mib = 1 << 20
+    memory = Memory(2 * pss_mib * mib, pss_mib * mib, pss_mib * mib // 2, 0, 0, None, None, None)
+    return Sample(group, memory, not master)
+
+
+def families(snap: Snapshot) -> dict[str, Metric]:
+    text = render(snap, (TEXT,)).text.decode()
+    return {fam.name: fam for fam in text_string_to_metric_families(text)}
+
+
+def test_worker_distributions_are_gauges_not_summaries() -> None:
+    """A Summary's _sum and _count are counters; the workers' fall when one
+    exits. The distribution is gauges: count, median, p95, max (nearest rank)."""
+    samples = [worker("php-fpm:www", mib) for mib in (10, 40, 20, 30)]
+    samples.append(worker("php-fpm:master", 5, master=True))
+    groups = aggregate(samples)
+    fams = families(Snapshot(groups, 8 << 30, 4 << 30, 0.0, 0.01, 5, {}, 0, own=OWN))
+    kinds = {f.type for n, f in fams.items() if n.startswith("pss_")}
+    assert kinds == {"gauge", "counter"}  # no summary, no histogram
+
+    def value(name: str, group: str) -> float | None:
+        found = [s.value for s in fams[name].samples if s.labels == {"group": group}]
+        return found[0] if found else None
+
+    mib = 1 << 20
+    assert value("pss_group_workers", "php-fpm:www") == 4
+    assert value("pss_group_worker_pss_median_bytes", "php-fpm:www") == 20 * mib
+    assert value("pss_group_worker_pss_p95_bytes", "php-fpm:www") == 40 * mib
+    assert value("pss_group_worker_pss_max_bytes", "php-fpm:www") == 40 * mib
+    assert value("pss_group_worker_uss_median_bytes", "php-fpm:www") == 10 * mib
+    assert value("pss_group_worker_uss_max_bytes", "php-fpm:www") == 20 * mib
+    assert value("pss_group_processes", "php-fpm:master") == 1
+    assert value("pss_group_workers", "php-fpm:master") == 0
+    assert value("pss_group_worker_pss_median_bytes", "php-fpm:master") is None
+
+
+def test_help_texts_say_what_the_value_is_once() -> None:
+    snap = Collector(build_config({}, "test"), str(FIXTURES / "procfs" / "fpm-host")).collect()
+    helps = {n: f.documentation for n, f in families(snap).items() if n.startswith("pss_")}
+    assert [n for n, doc in helps.items() if "background" in doc] == []
+    assert all(doc and doc.count("(") == doc.count(")") for doc in helps.values())
+
+
+@pytest.mark.live
+def test_promtool_check_metrics_is_clean() -> None:
+    """promtool's lint (names, units, HELP, counter suffixes) on a collection
+    of the fixture host with php-fpm pools, in the text format it reads."""
+    snap = Collector(build_config({}, "test"), str(FIXTURES / "procfs" / "fpm-host")).collect()
+    body = render(snap, (TEXT,)).text
+    assert b"pss_group_worker_uss_p95_bytes" in body
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and not result.stdout + result.stderr, result

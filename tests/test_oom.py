@@ -7,6 +7,9 @@
 2. From the kernel log: the same with `cgroups: {enabled: false}`, so the group
    has no cgroup series; the victim is seen by a collection first, then grows
    past the limit (memhog's SIGUSR1), and its kill in /dev/kmsg is counted.
+3. Two groups in one limited cgroup (as php-fpm's master and a pool): the
+   cgroup's counter says a process died, the kernel log whose; the victim's
+   group gets +1, the other +0, nothing is unattributed.
 
 Only processes of this test carry its marker, so only its kills can reach
 its group: exactly one per scenario, whatever else the machine OOM-kills.
@@ -251,3 +254,62 @@ def test_oom_kill_from_the_kernel_log(tmp_path: Path, memory_cgroup: MemoryCgrou
         assert get(after, "pss_group_oom_kills_total", group=GROUP) == 1
         assert get(after, "pss_exporter_source_up", source="kmsg") == 1
         assert not {n for n in group_series(after) if "cgroup" in n}
+
+
+def test_two_groups_in_one_cgroup_only_the_victims_group_counts(
+    tmp_path: Path, memory_cgroup: MemoryCgroup
+) -> None:
+    marker = uuid.uuid4().hex
+    victim_group, other_group = f"{GROUP}_victim", f"{GROUP}_other"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "collection: {interval: 300ms}\n"
+        "accounting: {enabled: false}\n"
+        "php_fpm: {enabled: false}\n"
+        "process_names:\n"
+        f"  - name: {victim_group}\n"
+        f"    cmdline: ['memhog\\.py victim {marker}']\n"
+        f"  - name: {other_group}\n"
+        f"    cmdline: ['memhog\\.py sleeper {marker}']\n"
+    )
+    with (
+        running_hog("sleeper", marker, SLEEPER_MIB, cgroup=memory_cgroup.path),
+        running_hog(
+            "victim", marker, SLEEPER_MIB, grow_mib=ALLOCATOR_MIB, cgroup=memory_cgroup.path
+        ) as victim,
+        running_exporter("--config", str(config)) as url,
+    ):
+        seen = wait_for(
+            url,
+            lambda s: (
+                get(s, "pss_group_processes", group=victim_group) == 1
+                and get(s, "pss_group_processes", group=other_group) == 1
+            ),
+            "a collection that saw both groups",
+        )
+        assert get(seen, "pss_exporter_source_up", source="kmsg") == 1
+        # One cgroup, one limit, for both groups.
+        assert get(seen, "pss_group_cgroup_memory_limit_bytes", group=victim_group) == LIMIT
+        assert get(seen, "pss_group_cgroup_memory_limit_bytes", group=other_group) == LIMIT
+        assert get(seen, "pss_group_oom_kills_total", group=victim_group) == 0
+        assert get(seen, "pss_group_oom_kills_total", group=other_group) == 0
+        host_before = get(seen, "pss_host_oom_kills_total")
+        assert host_before is not None
+
+        os.kill(victim.pids[0], signal.SIGUSR1)  # grow past the limit
+        wait_until_dead(victim.pids[0])
+        assert memory_cgroup.oom_kills() == 1
+
+        after = wait_for(
+            url,
+            lambda s: get(s, "pss_group_oom_kills_total", group=victim_group) != 0,
+            "the kill in the victim's group",
+        )
+        assert get(after, "pss_group_oom_kills_total", group=victim_group) == 1
+        assert get(after, "pss_group_oom_kills_total", group=other_group) == 0
+        assert get(seen, "pss_oom_kills_unattributed_total") == 0
+        assert get(after, "pss_oom_kills_unattributed_total") == 0
+        host_after = get(after, "pss_host_oom_kills_total")
+        # The machine may OOM-kill elsewhere meanwhile: at least ours.
+        assert host_after is not None and host_after - host_before >= 1
+        assert get(after, "pss_group_processes", group=other_group) == 1

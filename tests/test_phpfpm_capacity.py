@@ -274,8 +274,8 @@ def exported_capacity(samples: dict, pool: Pool) -> dict[str, int]:
 
 def worker_uss_quantiles(samples: dict, pool: Pool) -> dict[str, int]:
     return {
-        q: int(group_value(samples, "pss_group_worker_uss_bytes", pool.group, quantile=q))
-        for q in ("0.5", "0.95", "1.0")
+        q: int(group_value(samples, f"pss_group_worker_uss_{suffix}_bytes", pool.group))
+        for q, suffix in (("0.5", "median"), ("0.95", "p95"), ("1.0", "max"))
     }
 
 
@@ -393,7 +393,7 @@ def test_saturated_pool_keeps_memory_metrics(fpm: Fpm, tmp_path: Path) -> None:
     assert group_value(s, "pss_phpfpm_status_up", g) == 0
     assert group_value(s, "pss_group_processes", g) == pool.workers
     assert group_value(s, "pss_group_pss_bytes", g) > 0
-    assert group_value(s, "pss_group_worker_uss_bytes_count", g) == pool.workers
+    assert group_value(s, "pss_group_workers", g) == pool.workers
     assert group_value(s, "pss_phpfpm_max_children", g) == pool.max_children
     assert group_value(s, "pss_phpfpm_recommended_max_children", g, **PEAK) > 0
     status_only = ("pss_phpfpm_listen_queue", "pss_phpfpm_accepted_connections_total")

@@ -1,0 +1,182 @@
+"""OOM kills, each counted once, in the group of the process killed.
+
+The cgroups' counters are the source of truth: the kernel counts every kill
+in memory.events (v2) or memory.oom_control (v1) of the victim's memory
+cgroup and its ancestors, whereas its log reports are rate limited and long,
+so a storm of kills leaves few of them in the log (issue 15: 71 victims in
+the log against 2,585 kills counted). The rule, per collection:
+
+1. The *units* are the outermost memory cgroups of the grouped processes
+   (`OomUnit`, made by sources.CgroupSource): each cgroup that holds grouped
+   processes, itself or below it, and lies below no other such cgroup. A
+   unit's counter grows by a delta (counters.increment: a recreated cgroup is
+   a new unit, an unreadable counter is held).
+2. A unit whose grouped processes all belong to one group gives that group
+   its whole delta.
+3. In a unit shared by several groups (php-fpm's master and pools in one
+   cgroup), the kernel log says which group: each kill the log reports of a
+   process last seen in that unit takes one kill of the unit's delta to the
+   process's group. A counted kill no log record explains within GRACE
+   collections (either can come first, a collection apart) is counted in
+   `unattributed`, never spread over groups; a log record the counter never
+   confirms within GRACE collections is dropped (the counter is the truth).
+4. A kill the log reports of a grouped process that was in no unit (the
+   root cgroup, a global OOM, or `cgroups` disabled) counts for its group
+   from the log alone. A victim the exporter did not see grouped in the last
+   RECENT_PIDS seconds is not any group's.
+5. The first reading of a unit is its history: its kills count at once, by
+   rules 2 and 3, whole (a shared unit's history is unattributed).
+
+A group's counter is there from 0 while a source can count its kills: while
+the kernel log is read, or while the group has a process in a unit (a cgroup
+whose kernel counts OOM kills), so that increase() sees its first kill; a
+group in the root cgroup with the log unreadable has no counter, not a 0.
+
+Limits: a kill in a one-group unit is credited to that group even if the
+victim was a process no rule groups that shares the cgroup (only grouped
+processes' cgroups are read).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .counters import increment
+
+log = logging.getLogger(__name__)
+
+GRACE = 2  # collections a kill waits for its other half (log record or count)
+RECENT_PIDS = 600.0  # seconds an exited PID's group and unit are remembered
+MAX_UNITS = 10_000  # units whose last reading is kept (the oldest forgotten)
+
+UnitKey = tuple[str, int]  # the cgroup directory and its inode
+
+
+@dataclass(frozen=True)
+class OomUnit:
+    """One outermost memory cgroup of the grouped processes, as read this cycle."""
+
+    key: UnitKey
+    groups: frozenset[str]  # groups with a process in it or below it
+    pids: frozenset[int]  # those processes
+    kills: int | None  # its oom_kill counter; None: unreadable this cycle
+
+
+@dataclass
+class _Pending:
+    kills: list[int] = field(default_factory=list)  # cycle of each unexplained kill
+    victims: list[tuple[str, int]] = field(default_factory=list)  # (group, cycle)
+
+
+class OomAttribution:
+    """Per-group OOM kill counters and the unattributed ones (see the module
+    docstring). Fed once per collection by update(); not thread-safe."""
+
+    def __init__(self, grace: int = GRACE) -> None:
+        self.grace = grace
+        self.groups: dict[str, int] = {}  # cumulative kills by group
+        self.unattributed = 0  # cumulative kills no group could be given
+        self._cycle = 0
+        self._last: OrderedDict[UnitKey, int] = OrderedDict()  # a unit's last reading
+        self._recent: dict[int, tuple[str, UnitKey | None, float]] = {}
+        self._pending: dict[UnitKey, _Pending] = {}
+
+    def update(
+        self,
+        now: float,
+        grouped: Iterable[tuple[int, str]],
+        units: Sequence[OomUnit] | None,
+        victims: Sequence[int],
+    ) -> None:
+        """One collection: grouped (pid, group) pairs, the units read (None:
+        the cgroups were not read this cycle) and the PIDs the kernel log
+        reported killed since the last one."""
+        self._cycle += 1
+        self._remember(now, grouped, units)
+        shared: set[UnitKey] = set()
+        for unit in units or ():
+            if len(unit.groups) > 1:
+                shared.add(unit.key)
+            self._count(unit)
+        for pid in victims:
+            self._victim(pid, shared)
+        for key in list(self._pending):
+            self._settle(key)
+
+    def _remember(
+        self, now: float, grouped: Iterable[tuple[int, str]], units: Sequence[OomUnit] | None
+    ) -> None:
+        unit_of = {pid: unit.key for unit in units or () for pid in unit.pids}
+        for pid, group in grouped:
+            if units is None and pid in self._recent:
+                unit = self._recent[pid][1]  # not read this cycle: as last seen
+            else:
+                unit = unit_of.get(pid)
+            self._recent[pid] = (group, unit, now)
+        self._recent = {
+            pid: seen for pid, seen in self._recent.items() if now - seen[2] < RECENT_PIDS
+        }
+
+    def _count(self, unit: OomUnit) -> None:
+        if unit.kills is None:
+            return  # held: the next reading counts what this one missed
+        previous = self._last.pop(unit.key, None)
+        self._last[unit.key] = unit.kills
+        while len(self._last) > MAX_UNITS:
+            self._last.popitem(last=False)
+        delta = increment(previous, unit.kills)
+        if not delta:
+            return
+        if len(unit.groups) == 1:
+            (group,) = unit.groups
+            self._add(group, delta)
+        elif previous is None:
+            self.unattributed += delta  # a shared unit's history: no log to say whose
+        else:
+            self._pending.setdefault(unit.key, _Pending()).kills.extend([self._cycle] * delta)
+
+    def _victim(self, pid: int, shared: set[UnitKey]) -> None:
+        seen = self._recent.get(pid)
+        if seen is None:
+            log.info("OOM kill of %d: not a process grouped in the last %.0fs", pid, RECENT_PIDS)
+            return
+        group, unit, _ = seen
+        if unit is None:
+            self._add(group, 1)  # no cgroup counts it: the log is all there is
+        elif unit in shared or unit in self._pending:
+            self._pending.setdefault(unit, _Pending()).victims.append((group, self._cycle))
+        # else: a one-group unit, whose counter gives the kill to its group
+
+    def _settle(self, key: UnitKey) -> None:
+        """Pair the unit's unexplained kills with its victims, then let the
+        unpaired ones older than the grace go."""
+        pending = self._pending[key]
+        while pending.kills and pending.victims:
+            pending.kills.pop(0)
+            self._add(pending.victims.pop(0)[0], 1)
+        old = self._cycle - self.grace
+        expired = sum(1 for c in pending.kills if c <= old)
+        if expired:
+            self.unattributed += expired
+            pending.kills = pending.kills[expired:]
+        dropped = [v for v in pending.victims if v[1] <= old]
+        if dropped:
+            log.debug("%d OOM victims in %s not confirmed by its counter", len(dropped), key[0])
+            pending.victims = pending.victims[len(dropped) :]
+        if not pending.kills and not pending.victims:
+            del self._pending[key]
+
+    def _add(self, group: str, kills: int) -> None:
+        self.groups[group] = self.groups.get(group, 0) + kills
+
+    def counts(
+        self, groups: Iterable[str], units: Sequence[OomUnit] | None, log_read: bool
+    ) -> dict[str, int]:
+        """The counter of every group whose kills a source can count this
+        cycle, 0 for one without a kill (all of them while the log is read,
+        else those in a unit), and of every group ever credited."""
+        counted = set(groups) if log_read else {g for u in units or () for g in u.groups}
+        return {g: self.groups.get(g, 0) for g in {*counted, *self.groups}}

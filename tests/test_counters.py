@@ -1,0 +1,111 @@
+"""counters.py and oom.py: counters never go down, and each OOM kill counts
+once, in its victim's group (the collector end to end: test_oom_collection.py)."""
+
+from __future__ import annotations
+
+from exporter.counters import Monotonic, increment
+from exporter.oom import GRACE, OomAttribution, OomUnit
+
+# ------------------------------------------------------------ counters.py
+
+
+def test_increment_adds_the_difference_or_the_reading_after_a_reset() -> None:
+    assert increment(None, 7) == 7  # a new source counted from 0
+    assert increment(7, 9) == 2
+    assert increment(9, 9) == 0
+    assert increment(9, 3) == 3  # reset at the source: it counted 3 since
+
+
+def test_a_series_sums_its_sources_and_never_falls() -> None:
+    c: Monotonic[str] = Monotonic()
+    c.feed("www", ("master", 100), 100)  # accepted connections of master 100
+    assert c.value("www") == 100
+    c.feed("www", ("master", 100), None)  # status page did not answer: held
+    assert c.value("www") == 100
+    c.feed("www", ("master", 200), 5)  # php-fpm restarted: a new master
+    assert c.value("www") == 105
+    c.feed("www", ("master", 200), 7)
+    c.feed("www", ("master", 200), 2)  # reloaded in place (same PID): a reset
+    assert c.value("www") == 109
+    assert c.value("other") is None
+
+
+def test_forgets_the_series_fed_longest_ago_past_its_bound() -> None:
+    c: Monotonic[int] = Monotonic(max_series=2, max_sources=2)
+    for key in (1, 2, 3):
+        c.feed(key, "s", 10)
+    assert (c.value(1), c.value(2), c.value(3)) == (None, 10, 10)
+
+
+# ---------------------------------------------------------------- oom.py
+
+
+def unit(kills: int | None, *members: tuple[int, str], key: str = "/fpm") -> OomUnit:
+    return OomUnit(
+        (key, 1), frozenset(g for _, g in members), frozenset(p for p, _ in members), kills
+    )
+
+
+MASTER, WORKER = (1, "php-fpm:master"), (2, "php-fpm:www")
+
+
+def test_a_one_group_cgroup_gives_its_group_every_kill_without_the_log() -> None:
+    ooms = OomAttribution()
+    ooms.update(0.0, [WORKER], [unit(0, WORKER)], [])
+    ooms.update(1.0, [WORKER], [unit(2585, WORKER)], [2] * 71)  # a storm: 71 in the log
+    assert ooms.counts(["php-fpm:www"], None, True) == {"php-fpm:www": 2585}
+    assert ooms.unattributed == 0
+
+
+def test_in_a_shared_cgroup_the_log_says_whose_and_the_rest_is_unattributed() -> None:
+    ooms = OomAttribution()
+    members = [MASTER, WORKER]
+    ooms.update(0.0, members, [unit(10, *members)], [])  # history: whose, unknown
+    assert ooms.unattributed == 10
+    ooms.update(1.0, members, [unit(110, *members)], [2, 2, 2])  # 100 kills, 3 in the log
+    assert ooms.counts([], None, True) == {"php-fpm:www": 3}
+    for t in range(2, 2 + GRACE):  # the rest waits GRACE cycles for its records
+        assert ooms.unattributed == 10
+        ooms.update(float(t), members, [unit(110, *members)], [])
+    assert ooms.unattributed == 10 + 97
+    assert ooms.counts(["php-fpm:master"], None, True) == {"php-fpm:master": 0, "php-fpm:www": 3}
+
+
+def test_the_log_may_come_a_cycle_before_or_after_the_counter() -> None:
+    ooms = OomAttribution()
+    members = [MASTER, WORKER]
+    ooms.update(0.0, members, [unit(0, *members)], [])
+    ooms.update(1.0, members, [unit(0, *members)], [2])  # record first
+    ooms.update(2.0, members, [unit(1, *members)], [])  # then the count
+    ooms.update(3.0, members, [unit(2, *members)], [])  # count first
+    ooms.update(4.0, members, [unit(2, *members)], [2])  # then the record
+    for t in range(5, 5 + GRACE):
+        ooms.update(float(t), members, [unit(2, *members)], [])
+    assert ooms.counts(["php-fpm:master"], None, True) == {"php-fpm:master": 0, "php-fpm:www": 2}
+    assert ooms.unattributed == 0
+
+
+def test_a_record_the_counter_never_confirms_is_dropped() -> None:
+    ooms = OomAttribution()
+    members = [MASTER, WORKER]
+    for t in range(0, 2 + GRACE):
+        ooms.update(float(t), members, [unit(5, *members)], [2] if t == 1 else [])
+    assert ooms.counts([], None, True) == {}
+    assert ooms.unattributed == 5  # the history only
+
+
+def test_kills_outside_any_cgroup_come_from_the_log() -> None:
+    ooms = OomAttribution()
+    ooms.update(0.0, [(7, "bash")], None, [])  # cgroups not read (disabled)
+    ooms.update(1.0, [], None, [7, 99])  # 7 exited; 99 was never grouped
+    assert ooms.counts([], None, True) == {"bash": 1}
+
+
+def test_a_group_has_a_counter_while_a_source_can_count_its_kills() -> None:
+    """From 0 while the log is read or the group is in a unit; a group in the
+    root cgroup with the log unreadable has no counter rather than a false 0."""
+    ooms = OomAttribution()
+    units = [unit(0, WORKER)]
+    ooms.update(0.0, [WORKER, (3, "cron")], units, [])
+    assert ooms.counts(["php-fpm:www", "cron"], units, False) == {"php-fpm:www": 0}
+    assert ooms.counts(["php-fpm:www", "cron"], units, True) == {"php-fpm:www": 0, "cron": 0}
