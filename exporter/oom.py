@@ -16,10 +16,17 @@ the log against 2,585 kills counted). The rule, per collection:
 3. In a unit shared by several groups (php-fpm's master and pools in one
    cgroup), the kernel log says which group: each kill the log reports of a
    process last seen in that unit takes one kill of the unit's delta to the
-   process's group. A counted kill no log record explains within GRACE
-   collections (either can come first, a collection apart) is counted in
-   `unattributed`, never spread over groups; a log record the counter never
-   confirms within GRACE collections is dropped (the counter is the truth).
+   process's group. A log record the counter never confirms within GRACE
+   collections (either can come first, a collection apart) is dropped (the
+   counter is the truth).
+3b. A counted kill no log record explains within GRACE collections goes to
+   the one group of the unit that lost a process (a PID of the unit gone, or
+   a zombie no longer grouped) from the collection that counted it to the
+   one that gives up on a record: a killed process is gone, so when only
+   one group lost any, the victim was its. In a storm the kernel log misses
+   most kills while php-fpm's master survives every one, so its pool's
+   count stays exact. With none or several groups losing processes the kill
+   is counted in `unattributed`, never spread over groups.
 4. A kill the log reports of a grouped process that was in no unit (the
    root cgroup, a global OOM, or `cgroups` disabled) counts for its group
    from the log alone. A victim the exporter did not see grouped in the last
@@ -34,7 +41,9 @@ group in the root cgroup with the log unreadable has no counter, not a 0.
 
 Limits: a kill in a one-group unit is credited to that group even if the
 victim was a process no rule groups that shares the cgroup (only grouped
-processes' cgroups are read).
+processes' cgroups are read). By rule 3b, a kill whose victim the exporter
+never saw (forked and killed between two collections) goes to the one group
+that lost a process otherwise (one that exited on its own at that moment).
 """
 
 from __future__ import annotations
@@ -71,6 +80,15 @@ class _Pending:
     victims: list[tuple[str, int]] = field(default_factory=list)  # (group, cycle)
 
 
+@dataclass
+class _Unit:
+    """What the last readings of one shared unit showed of its members."""
+
+    members: dict[int, str]  # the unit's grouped PIDs at the last reading, to their groups
+    # (cycle, groups that lost a process since the reading before), the last GRACE + 1
+    lost: list[tuple[int, frozenset[str]]] = field(default_factory=list)
+
+
 class OomAttribution:
     """Per-group OOM kill counters and the unattributed ones (see the module
     docstring). Fed once per collection by update(); not thread-safe."""
@@ -83,6 +101,7 @@ class OomAttribution:
         self._last: OrderedDict[UnitKey, int] = OrderedDict()  # a unit's last reading
         self._recent: dict[int, tuple[str, UnitKey | None, float]] = {}
         self._pending: dict[UnitKey, _Pending] = {}
+        self._shared: dict[UnitKey, _Unit] = {}  # the shared units of the last reading
 
     def update(
         self,
@@ -95,7 +114,10 @@ class OomAttribution:
         the cgroups were not read this cycle) and the PIDs the kernel log
         reported killed since the last one."""
         self._cycle += 1
+        grouped = list(grouped)
         self._remember(now, grouped, units)
+        if units is not None:
+            self._losses(dict(grouped), units)
         shared: set[UnitKey] = set()
         for unit in units or ():
             if len(unit.groups) > 1:
@@ -119,6 +141,33 @@ class OomAttribution:
         self._recent = {
             pid: seen for pid, seen in self._recent.items() if now - seen[2] < RECENT_PIDS
         }
+
+    def _losses(self, grouped: dict[int, str], units: Sequence[OomUnit]) -> None:
+        """Note, per shared unit, which groups lost a process since the last
+        reading (rule 3b). Only shared units are kept, and each for as long
+        as it is read."""
+        kept: dict[UnitKey, _Unit] = {}
+        for unit in units:
+            if len(unit.groups) < 2 and unit.key not in self._pending:
+                continue
+            members = {pid: grouped[pid] for pid in unit.pids if pid in grouped}
+            before = self._shared.get(unit.key)
+            if before is None:
+                kept[unit.key] = _Unit(members)
+                continue
+            gone = frozenset(g for pid, g in before.members.items() if pid not in members)
+            lost = [(c, g) for c, g in before.lost if c > self._cycle - self.grace - 1]
+            if gone:
+                lost.append((self._cycle, gone))
+            kept[unit.key] = _Unit(members, lost)
+        self._shared = kept
+
+    def _losers(self, key: UnitKey, since: int) -> frozenset[str]:
+        """The groups of the unit that lost a process from cycle since on."""
+        unit = self._shared.get(key)
+        if unit is None:
+            return frozenset()
+        return frozenset().union(*(g for c, g in unit.lost if c >= since))
 
     def _count(self, unit: OomUnit) -> None:
         if unit.kills is None:
@@ -158,10 +207,15 @@ class OomAttribution:
             pending.kills.pop(0)
             self._add(pending.victims.pop(0)[0], 1)
         old = self._cycle - self.grace
-        expired = sum(1 for c in pending.kills if c <= old)
-        if expired:
-            self.unattributed += expired
-            pending.kills = pending.kills[expired:]
+        expired = [c for c in pending.kills if c <= old]
+        for cycle in expired:
+            losers = self._losers(key, cycle)
+            if len(losers) == 1:
+                (group,) = losers
+                self._add(group, 1)  # rule 3b: the only group that lost a process
+            else:
+                self.unattributed += 1
+        pending.kills = pending.kills[len(expired) :]
         dropped = [v for v in pending.victims if v[1] <= old]
         if dropped:
             log.debug("%d OOM victims in %s not confirmed by its counter", len(dropped), key[0])

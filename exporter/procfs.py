@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # /proc/PID/stat field 9 flag marking kernel threads (include/linux/sched.h).
+PF_EXITING = 0x00000004  # the task is exiting (include/linux/sched.h)
 PF_KTHREAD = 0x00200000
 # The largest number any parser returns: beyond it a value is garbage, and
 # any sum of them still converts to a float when rendered.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from .cgroup import CgroupPaths, parse_proc_cgroup
 from .discovery import PARSE, REASONS, error_reason, read_bytes
 from .grouping import FpmRole
-from .procfs import Memory, ParseError, Stat, parse_stat
+from .procfs import PF_EXITING, Memory, ParseError, Stat, parse_stat
 
 NEVER = float("-inf")
 CGROUP_REFRESH = 60.0  # seconds before a process's /proc/PID/cgroup is read again
@@ -134,6 +134,27 @@ class Tracker:
         self._procs.pop(pid, None)
         self._kthreads.pop(pid, None)
 
+    def _cgroup(self, pid: int, st: Stat, parents: CgroupPaths | None) -> CgroupPaths | None:
+        """pid's memory cgroup. An exiting process (an OOM victim, often) is
+        taken to be in its parent's (where fork put it) when it can no longer
+        tell: its cgroup file is gone, or its v1 hierarchies read "/", which
+        the kernel shows for every exiting task (proc_cgroup_show). Taking it
+        for the root would make oom.py count its kill twice: from its
+        cgroup's counter and from the kernel log, as a kill outside cgroups."""
+        path = f"{self.procfs}/{pid}/cgroup"
+        try:
+            paths = parse_proc_cgroup(read_bytes(path))
+        except OSError:
+            return parents
+        if paths.v1_memory != "/" or parents is None or parents.v1_memory in (None, "/"):
+            return paths
+        if not st.flags & PF_EXITING:  # the stat may predate the exit: read it again
+            try:
+                st = parse_stat(read_bytes(f"{self.procfs}/{pid}/stat"))
+            except (OSError, ParseError):
+                return parents  # gone meanwhile
+        return parents if st.flags & PF_EXITING else paths
+
     def discover(self, pids: list[int], now: float) -> list[Proc]:
         """The tracked processes among pids; stat is read only where statm changed."""
         procs: dict[int, Proc] = {}
@@ -180,10 +201,8 @@ class Tracker:
             p.ppid, p.state, p.dirty = st.ppid, st.state, True
             if self._cgroups and now - p.cgroup_at >= CGROUP_REFRESH:
                 # Processes rarely change cgroup: not re-read on every change.
-                try:
-                    p.cgroup = parse_proc_cgroup(read_bytes(f"{base}/{pid}/cgroup"))
-                except OSError:
-                    p.cgroup = None
+                parent = procs.get(p.ppid) or self._procs.get(p.ppid)
+                p.cgroup = self._cgroup(pid, st, parent.cgroup if parent else None)
                 p.cgroup_at = now
             if self._use_statm and not p.provisional:
                 if statm is None:

@@ -71,6 +71,35 @@ def test_in_a_shared_cgroup_the_log_says_whose_and_the_rest_is_unattributed() ->
     assert ooms.counts(["php-fpm:master"], None, True) == {"php-fpm:master": 0, "php-fpm:www": 3}
 
 
+def test_in_a_storm_the_only_group_losing_processes_gets_the_kills_the_log_missed() -> None:
+    """A php-fpm master and its pool in one cgroup (as under systemd): the log
+    names 3 of 100 kills, but the master survives every one and only the pool
+    loses workers (killed, then respawned under new PIDs), so all 100 are the
+    pool's."""
+    ooms = OomAttribution()
+    ooms.update(0.0, [MASTER, WORKER], [unit(0, MASTER, WORKER)], [])
+    for t, kills in enumerate((40, 100), start=1):
+        members = [MASTER, (100 + t, "php-fpm:www")]  # the worker of the last cycle is gone
+        ooms.update(float(t), members, [unit(kills, *members)], [2] if t == 1 else [])
+    for t in range(3, 3 + GRACE):
+        members = [MASTER, (102, "php-fpm:www")]
+        ooms.update(float(t), members, [unit(100, *members)], [])
+    assert ooms.counts(["php-fpm:master"], None, True) == {"php-fpm:master": 0, "php-fpm:www": 100}
+    assert ooms.unattributed == 0
+
+
+def test_with_two_groups_losing_processes_a_kill_the_log_missed_is_unattributed() -> None:
+    ooms = OomAttribution()
+    a, b = (2, "php-fpm:a"), (3, "php-fpm:b")
+    ooms.update(0.0, [MASTER, a, b], [unit(0, MASTER, a, b)], [])
+    members = [MASTER, (4, "php-fpm:a"), (5, "php-fpm:b")]  # both lost their worker
+    ooms.update(1.0, members, [unit(2, *members)], [2])  # the log names a's
+    for t in range(2, 2 + GRACE):
+        ooms.update(float(t), members, [unit(2, *members)], [])
+    assert ooms.counts([], None, True) == {"php-fpm:a": 1}
+    assert ooms.unattributed == 1
+
+
 def test_the_log_may_come_a_cycle_before_or_after_the_counter() -> None:
     ooms = OomAttribution()
     members = [MASTER, WORKER]

@@ -68,3 +68,36 @@ def test_gone_and_forgotten_processes(tree: Tree) -> None:
     assert set(t.processes) == {10}
     t.discover([10, 11], 1.0)
     assert classify.seen == [10, 11, 11]  # forgotten: classified again
+
+
+def test_a_process_whose_cgroup_cannot_be_read_is_in_its_parents(tree: Tree) -> None:
+    """An OOM victim, exiting, may no longer show its cgroup: it is where fork
+    put it, in its parent's, not in none (which oom.py would count from the
+    kernel log, on top of the cgroup's own counter)."""
+    tree.write(10, "php-fpm", 100)
+    (tree.root / "10" / "cgroup").write_text("4:memory:/fpm\n0::/fpm\n")
+    tree.write(11, "php-fpm", 100, ppid=10)
+    (tree.root / "11" / "cgroup").mkdir()  # reading it fails (EISDIR), as for an exiting one
+    t = Tracker(str(tree.root), Classify(), ReadErrors(), use_statm=True, cgroups=True)
+    master, worker = t.discover([10, 11], 0.0)
+    assert master.cgroup is not None and master.cgroup.v1_memory == "/fpm"
+    assert worker.cgroup == master.cgroup
+
+
+@pytest.mark.parametrize("exiting", [True, False])
+def test_an_exiting_process_that_reads_as_the_root_cgroup_is_in_its_parents(
+    tree: Tree, exiting: bool
+) -> None:
+    """The kernel shows every exiting task in the root of v1 hierarchies; a
+    process that moved itself to the root and lives on is in the root."""
+    tree.write(10, "php-fpm", 100)
+    (tree.root / "10" / "cgroup").write_text("4:memory:/fpm\n0::/\n")
+    tree.write(11, "php-fpm", 100, ppid=10)
+    (tree.root / "11" / "cgroup").write_text("4:memory:/\n0::/\n")
+    if exiting:  # PF_EXITING (0x4) in the flags, field 9
+        stat = tree.root / "11" / "stat"
+        stat.write_text(stat.read_text().replace(" 4194560 ", f" {4194560 | 0x4} "))
+    t = Tracker(str(tree.root), Classify(), ReadErrors(), use_statm=True, cgroups=True)
+    master, worker = t.discover([10, 11], 0.0)
+    assert worker.cgroup is not None
+    assert worker.cgroup.v1_memory == ("/fpm" if exiting else "/")
