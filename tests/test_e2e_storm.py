@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from fpm import clients, global_section, running_fpm
-from prometheus_util import running_prometheus, wait_for_series
+from prometheus_util import query, running_prometheus, wait_for_series
 from test_alerts import generated
 from test_e2e_alerts import (
     check_alert,
@@ -162,6 +162,12 @@ def test_overcommitted_pool_warns_before_the_oom_storm_and_the_storm_pages(
             saturated = wait_for_alert(received, "PhpFpmPoolSaturated", group, diagnose)
             killed = wait_for_alert(received, "ProcessGroupOomKilled", group, diagnose)
             assert fpm.poll() is None, "the OOM killer killed the php-fpm master"
+            # The warning held through the storm: respawned workers start small,
+            # but the projection rests on the window's peaks.
+            firing = query(
+                prometheus.url,
+                f'ALERTS{{alertname="PhpFpmPoolOvercommitted", alertstate="firing", job="{job}"}}',
+            )
         cgroup_kills = wait_until("the cgroup's OOM counter still", lambda: still(limited_cgroup))
 
         def settled() -> dict | None:
@@ -184,6 +190,13 @@ def test_overcommitted_pool_warns_before_the_oom_storm_and_the_storm_pages(
         {"alertname": "PhpFpmPoolOvercommitted", "severity": "critical", **labels},
         "phpfpmpoolovercommitted",
     )
+    assert [a["metric"]["group"] for a in firing] == [group], firing
+    resolved = [
+        a
+        for a in received
+        if a["labels"]["alertname"] == "PhpFpmPoolOvercommitted" and a["status"] == "resolved"
+    ]
+    assert resolved == []
     assert overcommitted["index"] < saturated["index"]
     assert overcommitted["index"] < killed["index"]
     check_alert(

@@ -98,6 +98,6 @@ def test_an_exiting_process_that_reads_as_the_root_cgroup_is_in_its_parents(
         stat = tree.root / "11" / "stat"
         stat.write_text(stat.read_text().replace(" 4194560 ", f" {4194560 | 0x4} "))
     t = Tracker(str(tree.root), Classify(), ReadErrors(), use_statm=True, cgroups=True)
-    master, worker = t.discover([10, 11], 0.0)
+    _, worker = t.discover([10, 11], 0.0)
     assert worker.cgroup is not None
     assert worker.cgroup.v1_memory == ("/fpm" if exiting else "/")
