@@ -415,7 +415,7 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     yield from (usage, limit, ooms, stalls)
     if snap.oom_unattributed is not None:
         yield CounterMetricFamily(
-            "pss_oom_kills_unattributed",
+            "pss_oom_kills_unattributed_total",
             "OOM kills counted by a cgroup shared by several groups that the kernel log "
             "did not say the victim of (never counted in a group)",
             value=snap.oom_unattributed,

@@ -11,9 +11,12 @@ reported down through the caller's `down` check. Either is logged in one
 line when the source goes down, not again while it stays down.
 
 The sources: the host files and the accounting (host.py), cgroups, the
-kernel log and php-fpm (here). php-fpm is two sources: its config loads
-(phpfpm_config) and its status pages (phpfpm_status), which run in two steps
-around the smaps reads (the pages answer meanwhile), both timed under one name.
+kernel log and php-fpm (here), and the php-fpm workers' peaks (peaks.py).
+php-fpm is three sources: its config loads (phpfpm_config), its status pages
+(phpfpm_status: two steps around the smaps reads, the pages answer
+meanwhile, timed under one name) and its workers' peaks (phpfpm_peaks, after
+the smaps reads; a worker whose status cannot be read is a read error, as
+for smaps, not the source down).
 """
 
 from __future__ import annotations
