@@ -154,6 +154,10 @@ class CgroupState:
     # The nearest directory on the way to the root with a limit: the memory
     # its processes share with every other one below it (capacity.py).
     domain: str | None = None  # None: no limit up to the root
+    # The domain's own usage and limit (usage and limit above are chain[0]'s,
+    # which is the domain only when it has the limit itself).
+    domain_usage: int | None = None
+    domain_limit: int | None = None
 
 
 def read_oom_kills(d: str) -> int | None:
@@ -175,8 +179,16 @@ def read_state(cgroup: Cgroup) -> CgroupState:
         pressure = parse_pressure(read_bytes(cgroup.pressure))
     except OSError:
         pressure = None  # pure v1, or PSI disabled
-    domain = next((m.dir for m in memory if m.limit is not None), None)
-    return CgroupState(memory[0].usage, memory[0].limit, pressure, headroom(memory), domain)
+    domain = next((m for m in memory if m.limit is not None), None)
+    return CgroupState(
+        memory[0].usage,
+        memory[0].limit,
+        pressure,
+        headroom(memory),
+        domain.dir if domain else None,
+        domain.usage if domain else None,
+        domain.limit if domain else None,
+    )
 
 
 def outermost(cgroups: set[Cgroup]) -> list[Cgroup]:
@@ -189,7 +201,8 @@ def outermost(cgroups: set[Cgroup]) -> list[Cgroup]:
 def combine(states: list[CgroupState]) -> CgroupState:
     """One figure for a group spanning several (non-nested) cgroups: usage,
     limits and stall time add up; the headroom is the smallest, and the
-    domain is that of the smallest headroom."""
+    domain (with its usage and limit, not added up) is that of the smallest
+    headroom."""
     limits = [s.limit for s in states if s.limit is not None]
     pressures = [s.pressure for s in states if s.pressure is not None]
     rooms = [s.headroom for s in states if s.headroom is not None]
@@ -204,4 +217,6 @@ def combine(states: list[CgroupState]) -> CgroupState:
         else None,
         headroom=min(rooms) if rooms else None,
         domain=tightest.domain if tightest else None,
+        domain_usage=tightest.domain_usage if tightest else None,
+        domain_limit=tightest.domain_limit if tightest else None,
     )

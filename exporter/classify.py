@@ -14,7 +14,7 @@ by one rule: grouping.fpm_pool_groups) and applies max_groups
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from .config import Config
@@ -32,6 +32,7 @@ from .tracking import Proc
 log = logging.getLogger(__name__)
 
 OTHER_GROUP = "other"
+TRUST_SOURCE = "phpfpm_trust"  # the php-fpm part of grouping, as a source
 UNTRUSTED_LOGGED = 3  # untrusted php-fpm processes a warning names
 
 
@@ -86,14 +87,16 @@ def _status_pools(
     or configures POOL and configures no POOL_status (on a master's first
     cycle, before its config is read, a configured POOL_status beside POOL is
     taken for one too). Its process counts with POOL, as no worker of it,
-    and no capacity is made for it."""
+    and no capacity is made for it. A pool taken for a status pool serves
+    none (running POOL, POOL_status and POOL_status_status before the config
+    is read): the last stays a pool of its own until the config tells."""
     known = {*running, *configured}
     out = {}
     for name, pid in running:
         base = name.removesuffix(STATUS_SUFFIX)
         if base != name and (base, pid) in known and (name, pid) not in configured:
             out[(name, pid)] = (base, pid)
-    return out
+    return {pool: base for pool, base in out.items() if base not in out}
 
 
 class Classifier:
@@ -139,6 +142,14 @@ def only_pools(pools: Iterable[tuple[str, int]]) -> dict[int, str]:
     return {ppid: names.pop() for ppid, names in by_master.items() if len(names) == 1}
 
 
+# Runs the php-fpm view's computation; NO_FPM when it raises (see Grouper.group).
+Guard = Callable[[Callable[[], FpmView]], FpmView]
+
+
+def _unguarded(view: Callable[[], FpmView]) -> FpmView:
+    return view()
+
+
 class Grouped(NamedTuple):
     procs: list[Proc]  # the grouped processes
     groups: list[str]  # their groups, in the same order
@@ -156,10 +167,12 @@ class Grouper:
         self.overflow_total = 0  # cumulative processes put into "other"
         self._untrusted: set[tuple[int, int]] = set()  # (pid, starttime) already logged
 
-    def group(self, procs: list[Proc]) -> Grouped:
+    def group(self, procs: list[Proc], guard: Guard = _unguarded) -> Grouped:
         """A process titled as php-fpm that is not trusted and that no rule
-        groups is left out."""
-        view = self._fpm_view(procs) if self._fpm else NO_FPM
+        groups is left out. guard runs the php-fpm part (trust checks, pool
+        names) and gives NO_FPM should it raise (the collector's source
+        runner): a surprise there loses only php-fpm's grouping, one cycle."""
+        view = guard(lambda: self._fpm_view(procs)) if self._fpm else NO_FPM
         kept, wanted = [], []
         for p in procs:
             if p.pid in view.trusted:
@@ -213,7 +226,10 @@ class Grouper:
         served = _status_pools(running, configured)
         pools = dict.fromkeys([*(r for r in running if r not in served), *configured])
         names = fpm_pool_groups(pools, masters)
-        names.update({pool: names[base] for pool, base in served.items()})
+        # A lookup that fails here would fail every cycle: the configs, read
+        # after the grouping, would never be. So a pool without a name is in
+        # no group this cycle rather than an error.
+        names.update({pool: names[base] for pool, base in served.items() if base in names})
         groups = dict.fromkeys(masters, FPM_MASTER_GROUP)
         only = only_pools(pools)
         for p in children:
@@ -221,8 +237,9 @@ class Grouper:
             # its pool's, as its cgroup no longer lists it; a child not titled
             # yet is in its master's only pool, or in none until it is titled.
             pool = titled[p.pid] if p.pid in titled else only.get(p.ppid)
-            if p.state != "Z" and pool is not None:
-                groups[p.pid] = names[(pool, p.ppid)]
+            group = names.get((pool, p.ppid)) if pool is not None else None
+            if p.state != "Z" and group is not None:
+                groups[p.pid] = group
         trusted = frozenset(masters).union(p.pid for p in children)
         untrusted = [p for p, _ in claims if p.pid not in trusted]
         self._log_untrusted(untrusted)

@@ -19,7 +19,7 @@ from types import TracebackType
 
 from .accounting import Accounting
 from .capacity import PoolPeaks
-from .classify import Classifier, Grouper
+from .classify import NO_FPM, TRUST_SOURCE, Classifier, Grouper
 from .config import Config
 from .counters import Monotonic
 from .discovery import list_pids
@@ -102,6 +102,7 @@ class Collector:
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
         self._ooms = OomAttribution()
         self._counters: Monotonic[tuple[str, ...]] = Monotonic()
+        self._masters: frozenset[tuple[int, int]] = frozenset()  # last cycle's, (pid, start)
         self._results: dict[str, SourceResult] = {}  # the last completed cycle's, by source
 
     def close(self) -> None:
@@ -127,10 +128,16 @@ class Collector:
         started = time.time()
         now = self._clock()
         pids = list_pids(self.procfs)
-        procs, groups, view = self._grouper.group(self._tracker.discover(pids, now))
-        cycle = Cycle(now, procs, groups, view, self._tracker.processes)
         # Per cycle: a cycle that fails leaves no result to the next.
         run = SourceRunner(self._results)
+        procs, groups, view = self._grouper.group(
+            self._tracker.discover(pids, now),
+            lambda fpm_view: run.call(TRUST_SOURCE, fpm_view, NO_FPM),
+        )
+        cycle = Cycle(
+            now, procs, groups, view, self._tracker.processes, recent_units=self._ooms.recent()
+        )
+        self._counters.cycle()
         pools_source = self._pools
         if pools_source is not None:
             loads = run.call(
@@ -167,13 +174,22 @@ class Collector:
         cgroups = report.states if report else {}
         pools: tuple[PoolInfo, ...] = ()
         if pools_source is not None:
-            pools = tuple(self._monotonic_status(p) for p in run.run(pools_source, cycle, ()))
+            masters = self._masters
+            self._masters = frozenset(
+                (pid, m.starttime)
+                for pid in view.masters
+                if (m := self._tracker.processes.get(pid)) is not None
+            )
+            pools = tuple(
+                self._monotonic_status(p, masters) for p in run.run(pools_source, cycle, ())
+            )
         victims = None
         kmsg = self._kmsg
         if self._kernel_log is not None and kmsg is not None:
             victims = run.run(self._kernel_log, cycle, None, kmsg_down(kmsg))
         units = report.units if report else None
-        self._ooms.update(now, zip((p.pid for p in procs), groups), units, victims or ())
+        gone = report.gone if report else frozenset()
+        self._ooms.update(now, zip((p.pid for p in procs), groups), units, victims or (), gone)
         counted = self._cgroups is not None or victims is not None
         available = meminfo.get("MemAvailable")
         sources = run.results()
@@ -214,16 +230,20 @@ class Collector:
         self._counters.feed(key, "host", reading)
         return self._counters.value(key) if reading is not None else None
 
-    def _monotonic_status(self, pool: PoolInfo) -> PoolInfo:
+    def _monotonic_status(self, pool: PoolInfo, masters: frozenset[tuple[int, int]]) -> PoolInfo:
         """pool with its status page's counters summed over the php-fpm
-        masters that served it (a restart resets them): never falling."""
+        masters that served it (a restart resets them): never falling.
+        masters: last cycle's; one not among them started since, from 0."""
         status = pool.status
         if status is None:
             return pool
+        proc = self._tracker.processes.get(pool.master or 0)
+        master = (pool.master, proc.starttime if proc is not None else None)
         counters = {}
         for name in STATUS_COUNTERS:
             key = ("php-fpm", pool.group, name)
-            self._counters.feed(key, pool.master, getattr(status, name))
+            reading = getattr(status, name)
+            self._counters.feed(key, master, reading, new=master not in masters)
             counters[name] = int(self._counters.value(key) or 0)
         return replace(pool, status=replace(status, **counters))
 

@@ -70,7 +70,7 @@ def render(snap: Snapshot) -> str:
         lines.append(f"{c['component']:<30} {human(c['bytes']):>11} {c['share']:>7.1%}")
         if c["component"] == "processes_pss":
             for g in data["top_groups"]:
-                lines.append(f"  {g['group']:<28} {human(g['pss_bytes']):>11}")
+                lines.append(f"  {one_line(g['group']):<28} {human(g['pss_bytes']):>11}")
     lines.append(f"{'total':<30} {human(used):>11} {1:>7.1%}")
     lines.append("")
     for c in data["components"]:
@@ -129,8 +129,9 @@ def pool_dict(snap: Snapshot, name: str, sizing: str, reserve: float) -> dict[st
         },
         "domain": {
             "name": cap.domain,
-            "cgroup_limit_bytes": cg.limit if cg else None,
-            "cgroup_usage_bytes": cg.usage if cg else None,
+            # The domain's own figures: the pool's cgroup may be a child of it.
+            "cgroup_limit_bytes": cg.domain_limit if cg else None,
+            "cgroup_usage_bytes": cg.domain_usage if cg else None,
             "cgroup_headroom_bytes": cg.headroom if cg else None,
             "memory_available_bytes": snap.memory_available,
             "room_bytes": cap.room,
@@ -167,7 +168,7 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
     size = d["bases"][OBSERVED_PEAK]
     limit = d["bases"][MEMORY_LIMIT]
     lines = [
-        f"pool {d['group']}: pm.max_children {d['max_children'] or '-'}, "
+        f"pool {one_line(d['group'])}: pm.max_children {d['max_children'] or '-'}, "
         f"memory_limit {human(d['memory_limit_bytes'])}",
         "",
         f"shared = pool PSS - pool USS = {human(d['pss_bytes'])} - {human(d['uss_bytes'])}"
@@ -186,7 +187,8 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
         )
     else:
         lines.append(
-            f"memory domain: cgroup {dom['name']}: limit {human(dom['cgroup_limit_bytes'])},\n"
+            f"memory domain: cgroup {one_line(dom['name'])}: "
+            f"limit {human(dom['cgroup_limit_bytes'])},\n"
             f"  usage {human(dom['cgroup_usage_bytes'])}, headroom "
             f"{human(dom['cgroup_headroom_bytes'])}; MemAvailable "
             f"{human(dom['memory_available_bytes'])}"
@@ -203,7 +205,8 @@ def render_pool(snap: Snapshot, name: str, sizing: str, reserve: float) -> str:
     )
     lines.append(f"{'POOL OF THE DOMAIN':<40} {'PSS':>11} {'DEMAND':>11} {'BUDGET':>11}")
     for p in dom["pools"]:
-        name = p["group"] if len(p["group"]) <= 40 else p["group"][:39] + "~"
+        name = one_line(p["group"])  # a tenant's name, escaped before it is cut
+        name = name if len(name) <= 40 else name[:39] + "~"
         lines.append(
             f"{name:<40} {human(p['pss_bytes']):>11} {human(p['demand_bytes']):>11}"
             f" {human(p['budget_bytes']):>11}"

@@ -266,6 +266,7 @@ def _pipeline(lex: _Lexer, depth: int) -> _Node:
     node = _command(lex, depth, None)
     while lex.peek() == ("punct", "|"):
         lex.next()
+        depth += 1  # a stage nests the pipeline so far: parsed and rendered recursively
         node = _command(lex, depth, node)
     return node
 
@@ -283,8 +284,14 @@ def _check_format(node: _Node) -> None:
             continue
         if verb is None or verb not in _VERBS:
             raise TemplateError(f"printf verb {m.group(0)[:10]!r} is not supported")
-        if int(width or 0) > MAX_WIDTH or int(prec or 0) > MAX_WIDTH:
+        if _over_width(width) or _over_width(prec):
             raise TemplateError(f"printf width or precision over {MAX_WIDTH}")
+
+
+def _over_width(digits: str | None) -> bool:
+    """Over MAX_WIDTH; the length first, as int() refuses over 4300 digits."""
+    digits = (digits or "").lstrip("0")
+    return len(digits) > len(str(MAX_WIDTH)) or int(digits or 0) > MAX_WIDTH
 
 
 # Go trims only with a space after '{{-' and before '-}}': '{{-3}}' is the number -3.
@@ -306,6 +313,8 @@ class Template:
 
 def parse(text: str) -> Template:
     """Parse a process_names name template; raises TemplateError."""
+    if any("\ud800" <= c <= "\udfff" for c in text):  # YAML's "\ud800" makes one
+        raise TemplateError("a lone surrogate is no character: no label can hold it")
     actions: list[tuple[str, _Part | str]] = []  # ("text"|"part"|"if"|"else"|"elif"|"end")
     pos, trim_next = 0, False
     for m in _ACTION.finditer(text):
@@ -489,6 +498,13 @@ def _print(args: list[Value]) -> str:
     return "".join(out)
 
 
+def _rune(value: int) -> str:
+    """Go's rune for %c and %q: U+FFFD for no Unicode scalar value (a
+    surrogate too, which no label could encode)."""
+    valid = 0 <= value <= 0x10FFFF and not 0xD800 <= value <= 0xDFFF
+    return chr(value) if valid else "\ufffd"
+
+
 def _go_quote(text: str, quote: str = '"') -> str:
     out = [quote]
     for c in text:
@@ -546,11 +562,9 @@ def _format_one(value: Value, flags: str, width: str, prec: str | None, verb: st
         if verb in "dvxXob":
             return _pad(_int_verb(value, flags, verb), flags, width, zero_ok=prec is None)
         if verb == "c":
-            return _pad(chr(value) if 0 <= value <= 0x10FFFF else "\ufffd", flags, width)
+            return _pad(_rune(value), flags, width)
         if verb == "q":
-            return _pad(
-                _go_quote(chr(value) if 0 <= value <= 0x10FFFF else "\ufffd", "'"), flags, width
-            )
+            return _pad(_go_quote(_rune(value), "'"), flags, width)
     elif isinstance(value, (str, GoTime)) and verb in "vsqxX":
         text = str(value)
         if prec is not None:

@@ -9,6 +9,7 @@ collector caches the result by (pid, starttime)).
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol
 
@@ -105,6 +106,13 @@ def go_base(path: str) -> str:
 # --------------------------------------------------------------------- rules
 
 
+def _replace_undecodable(text: str) -> str:
+    """A name the OS decoded with surrogateescape (os.readlink, pwd), decoded
+    with "replace" as comm and cmdline are: a lone surrogate in a label makes
+    every exposition fail, and a tenant names its own cwd."""
+    return os.fsencode(text).decode("utf-8", "replace")
+
+
 def _field_value(name: str, proc: ProcessView, matches: dict[str, str]) -> Value:
     """One template field of proc, as process-exporter computes it."""
     if name == "Matches":
@@ -117,11 +125,11 @@ def _field_value(name: str, proc: ProcessView, matches: dict[str, str]) -> Value
             return proc.comm  # a zombie or kernel thread: both are comm
         return go_base(argv[0]) if name == "ExeBase" else argv[0]
     if name == "Username":
-        return proc.username
+        return _replace_undecodable(proc.username)
     if name == "Cgroups":
         return proc.cgroups
     if name == "Cwd":
-        return proc.cwd
+        return _replace_undecodable(proc.cwd)
     if name == "PID":
         return proc.pid
     return GoTime(proc.start_time)

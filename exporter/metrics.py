@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] = (
     (
         "pss_group_processes",
-        "Processes in the group (zombies and unreadable ones included)",
+        "Processes in the group, unreadable ones and zombies included "
+        "(php-fpm pools' zombies are in no group)",
         lambda g: g.processes,
     ),
     ("pss_group_pss_bytes", "Sum of the group's processes' Pss", lambda g: g.pss),
@@ -70,7 +71,8 @@ _GROUP_GAUGES: tuple[tuple[str, str, Callable[[GroupStats], int | None]], ...] =
     (
         "pss_group_workers",
         "Workers in the group: its processes but php-fpm masters, php-fpm status-pool "
-        "processes and zombies, whether their memory could be read this cycle or not",
+        "processes, zombies and kernel threads, whether their memory could be read "
+        "this cycle or not",
         lambda g: g.workers,
     ),
 )
@@ -395,8 +397,9 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     )
     ooms = CounterMetricFamily(
         "pss_group_oom_kills_total",
-        "OOM kills of the group's processes: each kill once, in the victim's group "
-        "(cgroup counters, the kernel log where a cgroup holds several groups)",
+        "OOM kills of the group's processes, each once: from the cgroup's counter where "
+        "it holds one group; where it holds several, the kernel log's victim, else the "
+        "only group that lost a process; outside cgroups, the kernel log",
         labels=["group"],
     )
     stalls = CounterMetricFamily(
@@ -416,8 +419,9 @@ def host_families(snap: Snapshot) -> Iterator[Metric]:
     if snap.oom_unattributed is not None:
         yield CounterMetricFamily(
             "pss_oom_kills_unattributed_total",
-            "OOM kills counted by a cgroup shared by several groups that the kernel log "
-            "did not say the victim of (never counted in a group)",
+            "OOM kills counted by a cgroup shared by several groups that neither the kernel "
+            "log nor a lone group losing a process gives to a group, and such a cgroup's "
+            "kills before its first reading (never counted in a group)",
             value=snap.oom_unattributed,
         )
     caps = GaugeMetricFamily(

@@ -10,7 +10,11 @@ the log against 2,585 kills counted). The rule, per collection:
    (`OomUnit`, made by sources.CgroupSource): each cgroup that holds grouped
    processes, itself or below it, and lies below no other such cgroup. A
    unit's counter grows by a delta (counters.increment: a recreated cgroup is
-   a new unit, an unreadable counter is held).
+   a new unit, an unreadable counter is held). A unit that held grouped
+   processes in the last RECENT_PIDS seconds is read on while it exists
+   (same inode) with none, unless a unit of this cycle lies in or above it:
+   the kill of a cgroup's last grouped process (a one-process container, a
+   cron job's scope) is counted from the cgroup itself.
 2. A unit whose grouped processes all belong to one group gives that group
    its whole delta.
 3. In a unit shared by several groups (php-fpm's master and pools in one
@@ -21,16 +25,18 @@ the log against 2,585 kills counted). The rule, per collection:
    counter is the truth).
 3b. A counted kill no log record explains within GRACE collections goes to
    the one group of the unit that lost a process (a PID of the unit gone, or
-   a zombie no longer grouped) from the collection that counted it to the
-   one that gives up on a record: a killed process is gone, so when only
-   one group lost any, the victim was its. In a storm the kernel log misses
+   a php-fpm pool's zombie, which is in no group; other zombies stay grouped
+   until reaped) from the collection that counted it to the one that gives
+   up on a record: a killed process is gone, so when only one group lost
+   any, the victim was its. In a storm the kernel log misses
    most kills while php-fpm's master survives every one, so its pool's
    count stays exact. With none or several groups losing processes the kill
    is counted in `unattributed`, never spread over groups.
 4. A kill the log reports of a grouped process that was in no unit (the
-   root cgroup, a global OOM, or `cgroups` disabled) counts for its group
-   from the log alone. A victim the exporter did not see grouped in the last
-   RECENT_PIDS seconds is not any group's.
+   root cgroup, a global OOM, or `cgroups` disabled), or in a unit whose
+   cgroup was removed since (the container gone with its last process),
+   counts for its group from the log alone. A victim the exporter did not
+   see grouped in the last RECENT_PIDS seconds is not any group's.
 5. The first reading of a unit is its history: its kills count at once, by
    rules 2 and 3, whole (a shared unit's history is unattributed).
 
@@ -38,12 +44,18 @@ A group's counter is there from 0 while a source can count its kills: while
 the kernel log is read, or while the group has a process in a unit (a cgroup
 whose kernel counts OOM kills), so that increase() sees its first kill; a
 group in the root cgroup with the log unreadable has no counter, not a 0.
+A group gone from the host keeps its series for RECENT_PIDS seconds after
+its last kill, then goes stale; at most MAX_GROUPS groups' counts are kept
+(the least recently present forgotten: back, it starts from 0, a reset),
+so tenants renaming processes that get killed cannot grow it without bound.
 
 Limits: a kill in a one-group unit is credited to that group even if the
 victim was a process no rule groups that shares the cgroup (only grouped
 processes' cgroups are read). By rule 3b, a kill whose victim the exporter
 never saw (forked and killed between two collections) goes to the one group
 that lost a process otherwise (one that exited on its own at that moment).
+A counted kill whose log record comes after its cgroup was removed is
+counted again from the log (the kernel counts before it logs, so rarely).
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ log = logging.getLogger(__name__)
 GRACE = 2  # collections a kill waits for its other half (log record or count)
 RECENT_PIDS = 600.0  # seconds an exited PID's group and unit are remembered
 MAX_UNITS = 10_000  # units whose last reading is kept (the oldest forgotten)
+MAX_GROUPS = 10_000  # groups whose counter is kept (the least recently present forgotten)
 
 UnitKey = tuple[str, int]  # the cgroup directory and its inode
 
@@ -95,13 +108,17 @@ class OomAttribution:
 
     def __init__(self, grace: int = GRACE) -> None:
         self.grace = grace
-        self.groups: dict[str, int] = {}  # cumulative kills by group
+        # cumulative kills by group and when last credited, least recently present first
+        self._groups: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._now = 0.0
         self.unattributed = 0  # cumulative kills no group could be given
         self._cycle = 0
         self._last: OrderedDict[UnitKey, int] = OrderedDict()  # a unit's last reading
         self._recent: dict[int, tuple[str, UnitKey | None, float]] = {}
         self._pending: dict[UnitKey, _Pending] = {}
         self._shared: dict[UnitKey, _Unit] = {}  # the shared units of the last reading
+        # units that held grouped processes, to their groups and when last seen so
+        self._seen: OrderedDict[UnitKey, tuple[frozenset[str], float]] = OrderedDict()
 
     def update(
         self,
@@ -109,12 +126,19 @@ class OomAttribution:
         grouped: Iterable[tuple[int, str]],
         units: Sequence[OomUnit] | None,
         victims: Sequence[int],
+        gone: frozenset[UnitKey] = frozenset(),
     ) -> None:
         """One collection: grouped (pid, group) pairs, the units read (None:
-        the cgroups were not read this cycle) and the PIDs the kernel log
-        reported killed since the last one."""
+        the cgroups were not read this cycle), the PIDs the kernel log
+        reported killed since the last one and the recent units (see
+        recent()) whose cgroup was removed since."""
         self._cycle += 1
+        self._now = now
         grouped = list(grouped)
+        for _, group in grouped:
+            if group in self._groups:
+                self._groups.move_to_end(group)
+        self._note(now, units or (), gone)
         self._remember(now, grouped, units)
         if units is not None:
             self._losses(dict(grouped), units)
@@ -124,9 +148,28 @@ class OomAttribution:
                 shared.add(unit.key)
             self._count(unit)
         for pid in victims:
-            self._victim(pid, shared)
+            self._victim(pid, shared, gone)
         for key in list(self._pending):
             self._settle(key)
+
+    def _note(self, now: float, units: Sequence[OomUnit], gone: frozenset[UnitKey]) -> None:
+        for unit in units:
+            if unit.pids:
+                self._seen.pop(unit.key, None)
+                self._seen[unit.key] = (unit.groups, now)
+        for key in gone:
+            self._seen.pop(key, None)
+        while self._seen and (
+            len(self._seen) > MAX_UNITS or now - next(iter(self._seen.values()))[1] >= RECENT_PIDS
+        ):
+            self._seen.popitem(last=False)
+
+    def recent(self) -> dict[str, tuple[int, frozenset[str]]]:
+        """The units that held grouped processes in the last RECENT_PIDS
+        seconds, by directory: (inode, groups). CgroupSource reads those
+        that hold none now too, so that the kill of a cgroup's last grouped
+        process is counted by rule 2 from the cgroup itself."""
+        return {d: (inode, groups) for (d, inode), (groups, _) in self._seen.items()}
 
     def _remember(
         self, now: float, grouped: Iterable[tuple[int, str]], units: Sequence[OomUnit] | None
@@ -187,14 +230,14 @@ class OomAttribution:
         else:
             self._pending.setdefault(unit.key, _Pending()).kills.extend([self._cycle] * delta)
 
-    def _victim(self, pid: int, shared: set[UnitKey]) -> None:
+    def _victim(self, pid: int, shared: set[UnitKey], gone: frozenset[UnitKey]) -> None:
         seen = self._recent.get(pid)
         if seen is None:
             log.info("OOM kill of %d: not a process grouped in the last %.0fs", pid, RECENT_PIDS)
             return
         group, unit, _ = seen
-        if unit is None:
-            self._add(group, 1)  # no cgroup counts it: the log is all there is
+        if unit is None or unit in gone:
+            self._add(group, 1)  # no cgroup (left) counts it: the log is all there is
         elif unit in shared or unit in self._pending:
             self._pending.setdefault(unit, _Pending()).victims.append((group, self._cycle))
         # else: a one-group unit, whose counter gives the kill to its group
@@ -224,13 +267,18 @@ class OomAttribution:
             del self._pending[key]
 
     def _add(self, group: str, kills: int) -> None:
-        self.groups[group] = self.groups.get(group, 0) + kills
+        before = self._groups.pop(group, (0, 0.0))[0]
+        self._groups[group] = (before + kills, self._now)
+        while len(self._groups) > MAX_GROUPS:
+            self._groups.popitem(last=False)  # back as a reset, if ever
 
     def counts(
         self, groups: Iterable[str], units: Sequence[OomUnit] | None, log_read: bool
     ) -> dict[str, int]:
         """The counter of every group whose kills a source can count this
         cycle, 0 for one without a kill (all of them while the log is read,
-        else those in a unit), and of every group ever credited."""
+        else those in a unit), and of every group credited in the last
+        RECENT_PIDS seconds (a group gone longer has no series: stale)."""
         counted = set(groups) if log_read else {g for u in units or () for g in u.groups}
-        return {g: self.groups.get(g, 0) for g in {*counted, *self.groups}}
+        recent = (g for g, (_, at) in self._groups.items() if self._now - at < RECENT_PIDS)
+        return {g: self._groups.get(g, (0, 0.0))[0] for g in {*counted, *recent}}

@@ -41,7 +41,7 @@ from .cgroup import (
 from .classify import OTHER_GROUP, FpmView
 from .counters import Monotonic
 from .kmsg import KmsgWatcher
-from .oom import OomUnit
+from .oom import OomUnit, UnitKey
 from .phpfpm import Loads, Pending, PhpFpmSource, PoolRef
 from .procfs import Watermarks
 from .snapshot import PoolInfo, SourceResult
@@ -64,6 +64,8 @@ class Cycle:
     processes: Mapping[int, Proc]  # every process listed, grouped or not
     meminfo: dict[str, int] = field(default_factory=dict)  # once the meminfo source ran
     zoneinfo: Watermarks | None = None  # read for the accounting pass, when one is due
+    # OOM units seen recently (oom.OomAttribution.recent): directory -> (inode, groups)
+    recent_units: Mapping[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
 
 class Source(Protocol[T_co]):
@@ -150,6 +152,7 @@ class CgroupReport(NamedTuple):
 
     states: dict[str, CgroupState]  # by group; pressure monotonic (counters.py)
     units: tuple[OomUnit, ...]  # the OOM counting units (oom.py)
+    gone: frozenset[UnitKey] = frozenset()  # recent units whose cgroup was removed
 
 
 class CgroupSource:
@@ -164,6 +167,7 @@ class CgroupSource:
         self._pressure: Monotonic[tuple[str, str]] = Monotonic()  # (group, kind)
 
     def collect(self, cycle: Cycle) -> CgroupReport:
+        self._pressure.cycle()
         found: dict[CgroupPaths, Cgroup | None] = {}
         by_group: dict[str, set[Cgroup]] = {}
         members: dict[Cgroup, list[tuple[int, str]]] = {}
@@ -194,11 +198,11 @@ class CgroupSource:
                 if state is not None:
                     read.append(state)
                     for kind, seconds in (state.pressure or {}).items():
-                        source = (cgroup.chain[0], inodes[cgroup.chain[0]])
-                        self._pressure.feed((group, kind), source, seconds)
+                        top = cgroup.chain[0]  # a recreated cgroup: a new generation
+                        self._pressure.feed((group, kind), top, seconds, inodes[top])
             if read:
                 out[group] = self._monotonic(group, combine(read))
-        return CgroupReport(out, self._units(members, inodes))
+        return CgroupReport(out, *self._units(members, inodes, cycle.recent_units))
 
     @staticmethod
     def _read(cgroup: Cgroup, inodes: dict[str, int]) -> CgroupState | None:
@@ -217,30 +221,48 @@ class CgroupSource:
 
     @staticmethod
     def _units(
-        members: dict[Cgroup, list[tuple[int, str]]], inodes: dict[str, int]
-    ) -> tuple[OomUnit, ...]:
+        members: dict[Cgroup, list[tuple[int, str]]],
+        inodes: dict[str, int],
+        recent: Mapping[str, tuple[int, frozenset[str]]],
+    ) -> tuple[tuple[OomUnit, ...], frozenset[UnitKey]]:
         """The outermost cgroups over every group, each with the grouped
-        processes in or below it and its OOM kill counter."""
+        processes in or below it and its OOM kill counter; then the recent
+        units that hold no grouped process now, still read (their last
+        process's kill is counted there), unless one of this cycle's units
+        lies in or above them; and the recent units removed since."""
         tops = {c.chain[0] for c in outermost(set(members))}
         inside: dict[str, list[tuple[int, str]]] = {}
         for cgroup, ms in members.items():  # each cgroup lies below exactly one top
             top = next(d for d in cgroup.chain if d in tops)
             inside.setdefault(top, []).extend(ms)
-        units = []
-        for d in sorted(inside):
+        units, gone = [], set()
+        for d in sorted({*inside, *recent}):
+            ms = inside.get(d, [])
+            if not ms and any(_nested(d, top) for top in tops):
+                continue  # counted by this cycle's unit around or inside it
             try:
                 inode = inodes[d] if d in inodes else os.stat(d).st_ino
             except OSError:
-                continue  # removed while we looked
+                inode = None  # removed while we looked
+            if not ms and inode != recent[d][0]:
+                gone.add((d, recent[d][0]))  # removed (or made anew: not its unit)
+                continue
+            if inode is None:
+                continue
             try:
                 kills = read_oom_kills(d)
                 if kills is None:
                     continue  # the kernel counts no OOM kills here: no unit
             except (OSError, ValueError):
                 kills = None  # unreadable or garbled this cycle: held
-            groups = frozenset(g for _, g in inside[d])
-            units.append(OomUnit((d, inode), groups, frozenset(p for p, _ in inside[d]), kills))
-        return tuple(units)
+            groups = frozenset(g for _, g in ms) if ms else recent[d][1]
+            units.append(OomUnit((d, inode), groups, frozenset(p for p, _ in ms), kills))
+        return tuple(units), frozenset(gone)
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether cgroup directory a is b, below it or above it."""
+    return a == b or a.startswith(f"{b}/") or b.startswith(f"{a}/")
 
 
 class KernelLogSource:

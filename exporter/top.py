@@ -15,7 +15,7 @@ from typing import TextIO
 
 from .collector import Collector
 from .snapshot import Snapshot
-from .text import human
+from .text import human, one_line
 
 # PEAK is the worker size capacity uses (the p95 or max of the workers' peak
 # USS over php_fpm.window); REC_CH the recommended max_children on it.
@@ -49,7 +49,7 @@ def rows(snap: Snapshot) -> list[tuple[str, ...]]:
         recommended = pool.capacity.recommended if pool else None
         out.append(
             (
-                g.name,
+                one_line(g.name),  # a tenant's name: no escape reaches the terminal
                 str(g.processes),
                 human(g.pss),
                 human(g.uss),

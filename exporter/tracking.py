@@ -137,23 +137,29 @@ class Tracker:
     def _cgroup(self, pid: int, st: Stat, parents: CgroupPaths | None) -> CgroupPaths | None:
         """pid's memory cgroup. An exiting process (an OOM victim, often) is
         taken to be in its parent's (where fork put it) when it can no longer
-        tell: its cgroup file is gone, or its v1 hierarchies read "/", which
-        the kernel shows for every exiting task (proc_cgroup_show). Taking it
-        for the root would make oom.py count its kill twice: from its
-        cgroup's counter and from the kernel log, as a kill outside cgroups."""
+        tell: its cgroup file is gone (ENOENT, ESRCH), or its v1 hierarchies
+        read "/", which the kernel shows for every exiting task
+        (proc_cgroup_show). Taking it for the root would make oom.py count its
+        kill twice: from its cgroup's counter and from the kernel log, as a
+        kill outside cgroups. Not so for a child of PID 1 (a daemon, or
+        reparented): PID 1 is not where fork put it; nor on another error.
+        Then None: no cgroup known, rule 4 of oom.py counts it from the log."""
+        forked = parents if st.ppid != 1 else None  # a subreaper is not told apart
         path = f"{self.procfs}/{pid}/cgroup"
         try:
             paths = parse_proc_cgroup(read_bytes(path))
+        except (FileNotFoundError, ProcessLookupError):
+            return forked
         except OSError:
-            return parents
+            return None
         if paths.v1_memory != "/" or parents is None or parents.v1_memory in (None, "/"):
             return paths
         if not st.flags & PF_EXITING:  # the stat may predate the exit: read it again
             try:
                 st = parse_stat(read_bytes(f"{self.procfs}/{pid}/stat"))
             except (OSError, ParseError):
-                return parents  # gone meanwhile
-        return parents if st.flags & PF_EXITING else paths
+                return forked  # gone meanwhile
+        return forked if st.flags & PF_EXITING else paths
 
     def discover(self, pids: list[int], now: float) -> list[Proc]:
         """The tracked processes among pids; stat is read only where statm changed."""

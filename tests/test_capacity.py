@@ -3,13 +3,15 @@ parser and the top table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from exporter import explain
+from exporter import explain, top
 from exporter import peaks as peaks_module
+from exporter.accounting import Accounting, ProcessTotals
 from exporter.capacity import (
     HOST,
     MEMORY_LIMIT,
@@ -18,7 +20,7 @@ from exporter.capacity import (
     PoolPeaks,
     capacities,
 )
-from exporter.cgroup import CgroupState
+from exporter.cgroup import CgroupPaths, CgroupState, combine, memory_cgroup, read_state
 from exporter.classify import FpmView
 from exporter.config import ConfigError, PhpFpmConfig, load_config
 from exporter.grouping import FpmRole
@@ -451,7 +453,8 @@ def test_explain_pool_prints_the_derivation() -> None:
         group("php-fpm:a", 60 * MiB, 40 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
         group("php-fpm:b", 50 * MiB, 30 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
     )
-    state = CgroupState(210 * MiB, 720 * MiB, None, 510 * MiB, "/sys/fs/cgroup/memory/cg")
+    dom = "/sys/fs/cgroup/memory/cg"  # the pools' own cgroup has the limit: the domain
+    state = CgroupState(210 * MiB, 720 * MiB, None, 510 * MiB, dom, 210 * MiB, 720 * MiB)
     infos = tuple(PoolInfo(g, None, 20, None, False) for g in ("php-fpm:a", "php-fpm:b"))
     window = {"php-fpm:a": peaks(20, 26), "php-fpm:b": peaks(10)}
     pools = pool_stats(
@@ -488,3 +491,99 @@ def test_the_docs_show_what_explain_pool_prints() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "phpfpm-capacity.md").read_text()
     block = doc.split("```\npool php-fpm:www: ", 1)[1].split("```\n", 1)[0]
     assert explain.render_pool(snap, "www", "p95", 0.1) == "pool php-fpm:www: " + block
+
+
+def test_explain_pool_shows_the_domains_usage_and_limit_not_the_pools_cgroup(
+    tmp_path: Path,
+) -> None:
+    """Review finding 8b: pools a and b each in an unlimited child of the
+    limited /php (the systemd and container layout). The domain lines showed
+    pool a's own cgroup: limit "-", its 200 MiB usage, and "other" took both
+    pools' PSS from it. The capacity figures (headroom, domain) stay."""
+    root = tmp_path / "fs" / "cgroup"
+    root.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("memory\n")
+    for rel, usage, limit in (("php", 450, "720"), ("php/a", 200, "max"), ("php/b", 150, "max")):
+        (root / rel).mkdir()
+        (root / rel / "memory.current").write_text(f"{usage * MiB}\n")
+        (root / rel / "memory.max").write_text(limit if limit == "max" else f"{int(limit) * MiB}")
+    states = {}
+    for pool_name in ("a", "b"):
+        cgroup = memory_cgroup(str(tmp_path), CgroupPaths(None, f"/php/{pool_name}"))
+        assert cgroup is not None
+        states[f"php-fpm:{pool_name}"] = combine([read_state(cgroup)])
+    a = states["php-fpm:a"]
+    assert (a.usage, a.limit, a.headroom) == (200 * MiB, None, 270 * MiB)
+    assert a.domain == str(root / "php")
+    groups = (
+        group("php-fpm:a", 60 * MiB, 40 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
+        group("php-fpm:b", 50 * MiB, 30 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
+    )
+    infos = tuple(PoolInfo(g, None, 20, None, False) for g in states)
+    pools = pool_stats(infos, groups, 8 * GiB, states, {}, PhpFpmConfig())
+    assert pools[0].capacity.room == (60 + 50 + 270) * MiB  # headroom + the pools' PSS
+    snap = Snapshot(groups, 16 * GiB, 8 * GiB, 0.0, 0.0, 2, {}, 0, pools=pools, cgroups=states)
+    text = explain.render_pool(snap, "a", "p95", 0.1)
+    assert f"memory domain: cgroup {root}/php: limit 720.0 MiB,\n  usage 450.0 MiB," in text
+    assert "other groups and page cache in the cgroup: usage - pools' PSS = 340.0 MiB" in text
+    domain = json.loads(explain.render_pool_json(snap, "a", "p95", 0.1))["domain"]
+    assert (domain["cgroup_limit_bytes"], domain["cgroup_usage_bytes"]) == (720 * MiB, 450 * MiB)
+    assert domain["cgroup_headroom_bytes"] == 270 * MiB
+    assert (a.domain_usage, a.domain_limit) == (450 * MiB, 720 * MiB)
+
+
+def test_combine_takes_the_domain_figures_with_the_domain() -> None:
+    """A group over two cgroups: the domain, its usage and its limit are all
+    the tightest headroom's, never one domain's name with another's figures."""
+    loose = CgroupState(10 * MiB, None, None, 500 * MiB, "/d1", 100 * MiB, 600 * MiB)
+    tight = CgroupState(20 * MiB, None, None, 50 * MiB, "/d2", 350 * MiB, 400 * MiB)
+    both = combine([loose, tight])
+    assert (both.usage, both.headroom, both.domain) == (30 * MiB, 50 * MiB, "/d2")
+    assert (both.domain_usage, both.domain_limit) == (350 * MiB, 400 * MiB)
+    unlimited = combine([CgroupState(10 * MiB, None, None, None)])
+    assert (unlimited.domain, unlimited.domain_usage, unlimited.domain_limit) == (None, None, None)
+
+
+EVIL = "php-fpm:b\x1b]2;pwned\x07\x1b[2J\u202e"
+
+
+def evil_snapshot() -> Snapshot:
+    """Two pools in one cgroup, one named by a tenant with terminal escapes
+    (an OSC retitle, a clear screen) and a bidi override."""
+    groups = (
+        group("php-fpm:a", 60 * MiB, 40 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
+        group(EVIL, 50 * MiB, 30 * MiB, ((0.5, MiB), (0.95, MiB), (1.0, MiB))),
+    )
+    domain = "/sys/fs/cgroup/memory/cg\x1b[2J"  # a delegated cgroup's name is a tenant's too
+    state = CgroupState(210 * MiB, 720 * MiB, None, 510 * MiB, domain)
+    cgroups = {"php-fpm:a": state, EVIL: state}
+    infos = tuple(PoolInfo(g, None, 20, None, False) for g in cgroups)
+    pools = pool_stats(infos, groups, 8 * GiB, cgroups, {}, PhpFpmConfig())
+    return Snapshot(groups, 16 * GiB, 8 * GiB, 0.0, 0.0, 2, {}, 0, pools=pools, cgroups=cgroups)
+
+
+def test_explain_never_prints_a_tenants_name_raw() -> None:
+    """Review finding 7: group, pool and domain names are escaped in the text
+    views (JSON escapes them itself), so none reaches the terminal raw."""
+    snap = evil_snapshot()
+    for name in ("a", EVIL):
+        text = explain.render_pool(snap, name, "p95", 0.1)
+        assert all(c.isprintable() or c == "\n" for c in text)
+        assert "php-fpm:b\\x1b]2;pwned\\x07\\x1b[2J\\u202e" in text
+        assert "/sys/fs/cgroup/memory/cg\\x1b[2J" in text
+    assert json.loads(explain.render_pool_json(snap, EVIL, "p95", 0.1))["group"] == EVIL
+    totals = ProcessTotals(110 * MiB, None, None, 4, 0)
+    acc = Accounting(GiB, None, {"processes_pss": 110 * MiB}, totals, 0.0, 0.0)
+    text = explain.render(dataclasses.replace(snap, accounting=acc))  # the top groups
+    assert all(c.isprintable() or c == "\n" for c in text) and "php-fpm:b\\x1b]2;" in text
+
+
+def test_top_never_prints_a_tenants_name_raw_and_fits_the_width() -> None:
+    snap = evil_snapshot()
+    for width in (None, 80, 60):
+        text = top.render(snap, width=width)
+        assert all(c.isprintable() or c == "\n" for c in text)
+        assert "php-fpm:b\\x1b" in text
+        if width is not None:
+            assert max(len(line) for line in text.splitlines()) <= width
+    assert "php-fpm:b\\x1b]2;pwned\\x07\\x1b[2J\\u202e" in top.render(snap, width=200)

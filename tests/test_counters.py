@@ -3,8 +3,11 @@ once, in its victim's group (the collector end to end: test_oom_collection.py)."
 
 from __future__ import annotations
 
+import pytest
+
+from exporter import oom
 from exporter.counters import Monotonic, increment
-from exporter.oom import GRACE, OomAttribution, OomUnit
+from exporter.oom import GRACE, RECENT_PIDS, OomAttribution, OomUnit
 
 # ------------------------------------------------------------ counters.py
 
@@ -18,21 +21,59 @@ def test_increment_adds_the_difference_or_the_reading_after_a_reset() -> None:
 
 def test_a_series_sums_its_sources_and_never_falls() -> None:
     c: Monotonic[str] = Monotonic()
-    c.feed("www", ("master", 100), 100)  # accepted connections of master 100
+    master = ("master", 100)
+    c.feed("www", master, 100)  # accepted connections of master 100
     assert c.value("www") == 100
-    c.feed("www", ("master", 100), None)  # status page did not answer: held
+    c.cycle()
+    c.feed("www", master, None)  # status page did not answer: held
     assert c.value("www") == 100
-    c.feed("www", ("master", 200), 5)  # php-fpm restarted: a new master
+    c.cycle()
+    c.feed("www", ("master", 200), 5, new=True)  # php-fpm restarted: a new master
     assert c.value("www") == 105
+    c.cycle()
     c.feed("www", ("master", 200), 7)
+    c.cycle()
     c.feed("www", ("master", 200), 2)  # reloaded in place (same PID): a reset
     assert c.value("www") == 109
     assert c.value("other") is None
 
 
+def test_a_source_new_to_an_existing_series_adds_only_what_it_counts_from_then() -> None:
+    """Finding 5: a group's process appears in its cgroup's parent, whose
+    stall total (150 s) already holds the child's 100 s counted before."""
+    c: Monotonic[str] = Monotonic()
+    c.feed("app", "/app/web", 100.0, generation=1)
+    c.feed("app", "/db", 20.0, generation=2)  # a new series: every source whole
+    assert c.value("app") == 120.0
+    c.cycle()
+    c.feed("app", "/app", 150.0, generation=3)  # the group's outermost cgroup now
+    assert c.value("app") == 120.0  # a baseline, not 150 s more
+    c.cycle()
+    c.feed("app", "/app", 160.0, generation=3)
+    assert c.value("app") == 130.0
+    c.cycle()
+    c.feed("app", "/app", 4.0, generation=4)  # the same directory recreated: counted from 0
+    assert c.value("app") == 134.0
+
+
+def test_a_source_fed_this_cycle_is_never_forgotten_nor_added_twice() -> None:
+    """Finding 6: four live sources steady at 10 and room for three: the
+    fourth is held out (an undercount), never re-added whole every cycle."""
+    c: Monotonic[str] = Monotonic(max_series=10, max_sources=3)
+    seen = []
+    for _ in range(3):
+        c.cycle()
+        for cgroup in ("a", "b", "c", "d"):
+            c.feed("grp", cgroup, 10.0)
+        seen.append(c.value("grp"))
+    assert seen == [30.0, 30.0, 30.0]
+    assert c.refused == 3
+
+
 def test_forgets_the_series_fed_longest_ago_past_its_bound() -> None:
     c: Monotonic[int] = Monotonic(max_series=2, max_sources=2)
     for key in (1, 2, 3):
+        c.cycle()
         c.feed(key, "s", 10)
     assert (c.value(1), c.value(2), c.value(3)) == (None, 10, 10)
 
@@ -138,3 +179,18 @@ def test_a_group_has_a_counter_while_a_source_can_count_its_kills() -> None:
     ooms.update(0.0, [WORKER, (3, "cron")], units, [])
     assert ooms.counts(["php-fpm:www", "cron"], units, False) == {"php-fpm:www": 0}
     assert ooms.counts(["php-fpm:www", "cron"], units, True) == {"php-fpm:www": 0, "cron": 0}
+
+
+def test_groups_credited_long_ago_have_no_series_and_the_table_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 4: a tenant renames its process before each kill; one series
+    per name ever credited grew without bound."""
+    monkeypatch.setattr(oom, "MAX_GROUPS", 5, raising=False)  # absent before the bound
+    ooms = OomAttribution()
+    for i in range(20):  # one kill a second under 20 names, outside any cgroup
+        ooms.update(float(i), [(1000 + i, f"t{i}")], None, [])
+        ooms.update(i + 0.5, [], None, [1000 + i])
+    assert ooms.counts(["live"], None, True) == {"live": 0} | {f"t{i}": 1 for i in range(15, 20)}
+    ooms.update(19.5 + RECENT_PIDS, [], None, [])
+    assert ooms.counts(["live"], None, True) == {"live": 0}

@@ -110,12 +110,41 @@ REFUSED = {
     "{{1.5}}": "decimal integers only",
     "{{.}}": "'.' alone",
     "{{" + "(" * 40 + ".Comm" + ")" * 40 + "}}": "nested deeper",
+    "x\ud800{{.Comm}}": "lone surrogate",  # a YAML "\\ud800" escape: no label holds it
 }
 
 
 @pytest.mark.parametrize("template", REFUSED)
 def test_outside_the_subset_is_a_load_error(template: str) -> None:
     with pytest.raises(TemplateError, match=REFUSED[template].replace("(", r"\(")):
+        parse(template)
+
+
+def test_a_surrogate_rune_prints_as_go_does_never_as_a_lone_surrogate() -> None:
+    """Go's %c and %q print U+FFFD for an integer that is no Unicode scalar
+    value; a lone surrogate in a name made every exposition (and len) fail."""
+    template = parse('{{printf "%c|%q|%c" 55296 57343 -1}}|{{len (printf "%c" 55296)}}')
+    assert template.render(FIELDS.__getitem__) == "\ufffd|'\ufffd'|\ufffd|3"
+
+
+def test_each_pipeline_stage_is_a_nesting_level() -> None:
+    """A long pipeline parsed but overflowed the stack when rendered (or when
+    parsed, for a longer one, with a traceback instead of a load error)."""
+    stages = ' | printf "%s"'
+    assert parse("{{.Comm" + stages * 31 + "}}").render(FIELDS.__getitem__) == "pxtest"
+    for n in (40, 494, 700):
+        with pytest.raises(TemplateError, match="nested deeper than 32 levels"):
+            parse("{{.Comm" + stages * n + "}}")
+
+
+@pytest.mark.parametrize("spec", ["9" * 5000, "." + "9" * 5000, ".0001000", ".00001001"])
+def test_a_width_of_thousands_of_digits_is_a_load_error(spec: str) -> None:
+    """Python's int() refuses over 4300 digits: that was no clean load error."""
+    template = '{{printf "%' + spec + 's" .Comm}}'
+    if spec == ".0001000":  # leading zeros count for nothing: precision 1000
+        assert parse(template).render(FIELDS.__getitem__) == "pxtest"
+        return
+    with pytest.raises(TemplateError, match=r"^printf width or precision over 1000$"):
         parse(template)
 
 

@@ -4,7 +4,10 @@ matched against a small in-memory ProcessView."""
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ import yaml
 
 from exporter.classify import Grouper
 from exporter.config import Config, ConfigError, build_config
+from exporter.discovery import LiveProcess
 from exporter.grouping import (
     FpmMaster,
     FpmRole,
@@ -239,6 +243,28 @@ def test_exe_base_falls_back_to_comm_without_argv() -> None:
 )
 def test_name_templates(template: str, expected: str) -> None:
     assert name_of({"name": template, "comm": ["python3"]}, PY_APP) == expected
+
+
+@pytest.mark.live
+def test_a_non_utf8_cwd_is_decoded_as_comm_and_cmdline_are(tmp_path: Path) -> None:
+    """Review finding 3: a tenant's `mkdir $'\\xff'; cd` gave a lone surrogate
+    in {{.Cwd}}, a label no exposition can encode (every /metrics failed)."""
+    cwd = os.path.join(os.fsencode(tmp_path), b"\xff-dir")
+    os.mkdir(cwd)
+    with subprocess.Popen(["sleep", "60"], cwd=cwd) as sleeper:
+        try:
+            proc = LiveProcess("/proc", sleeper.pid, "sleep", 0)
+            name = name_of({"name": "{{.Cwd}}", "comm": ["sleep"]}, proc)
+        finally:
+            sleeper.kill()
+    assert name == f"{tmp_path}/\ufffd-dir"
+    assert name is not None and name.encode("utf-8")
+
+
+def test_a_non_utf8_username_is_decoded_as_comm_and_cmdline_are() -> None:
+    """pwd decodes a non-UTF-8 name (from NSS) with surrogateescape."""
+    proc = FakeProc("python3", username=b"\xffweb".decode("utf-8", "surrogateescape"))
+    assert name_of({"name": "{{.Username}}", "comm": ["python3"]}, proc) == "\ufffdweb"
 
 
 def test_template_fields_are_read_only_when_used() -> None:

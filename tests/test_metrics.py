@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import os
 import subprocess
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -134,6 +135,20 @@ def test_help_texts_say_what_the_value_is_once() -> None:
     helps = {n: f.documentation for n, f in families(snap).items() if n.startswith("pss_")}
     assert [n for n, doc in helps.items() if "background" in doc] == []
     assert all(doc and doc.count("(") == doc.count(")") for doc in helps.values())
+
+
+def test_oom_and_group_help_texts_name_every_rule_the_code_applies() -> None:
+    """Finding 9: rule 3b (the only group that lost a process), rule 4 (the
+    log outside cgroups), rule 5 (a shared cgroup's history); who is no worker."""
+    config = build_config({"php_fpm": {"enabled": False}}, "test")
+    snap = Collector(config, str(FIXTURES / "procfs" / "fpm-host")).collect()
+    snap = replace(snap, group_oom_kills={"php-fpm:www": 0}, oom_unattributed=0)
+    helps = {n: f.documentation for n, f in families(snap).items()}
+    kills = helps["pss_group_oom_kills"]
+    assert "only group that lost a process" in kills and "outside cgroups" in kills
+    assert "before its first reading" in helps["pss_oom_kills_unattributed"]
+    assert "php-fpm pools' zombies are in no group" in helps["pss_group_processes"]
+    assert "kernel threads" in helps["pss_group_workers"]
 
 
 @pytest.mark.live

@@ -242,3 +242,78 @@ def test_group_pressure_goes_on_across_a_recreated_cgroup(host: Host) -> None:
     host.cgroup("app", oom_kill=0)
     host.pressure("app", 1.0)
     assert some(col.collect()) == 6.5
+
+
+def test_the_kill_of_the_last_grouped_process_of_its_cgroup_is_counted(
+    host: Host, kernel_log: KernelLog
+) -> None:
+    """Finding 2: a one-process job (a container's main process, a transient
+    scope) is killed; its cgroup then holds no grouped process, yet its
+    counter is still read and gives the group its kill, once."""
+    host.cgroup("job", oom_kill=0)
+    host.process(10, "job", "job")
+    col = collector(host, kernel_log.watcher)
+    assert kills(col.collect()) == {"job": 0}
+    host.oom_kill("job", 1)
+    host.kill(10)  # the victim is gone; nothing grouped is left in its cgroup
+    kernel_log.killed(10, "job")
+    seen = [kills(col.collect()).get("job") for _ in range(GRACE + 2)]
+    assert seen == [1] * (GRACE + 2)
+
+
+def test_without_the_kernel_log_the_cgroup_alone_counts_its_last_process_kill(
+    host: Host,
+) -> None:
+    host.cgroup("job", oom_kill=0)
+    host.process(10, "job", "job")
+    col = collector(host)
+    col.collect()
+    host.oom_kill("job", 2)
+    host.kill(10)
+    assert [kills(col.collect()).get("job") for _ in range(2)] == [2, 2]
+
+
+def test_a_cgroup_removed_with_its_last_process_has_its_kill_from_the_log(
+    host: Host, kernel_log: KernelLog
+) -> None:
+    """The container is gone before the next collection: only the log is left."""
+    host.cgroup("job", oom_kill=0)
+    host.process(10, "job", "job")
+    col = collector(host, kernel_log.watcher)
+    col.collect()
+    host.kill(10)
+    shutil.rmtree(host.memory / "job")
+    kernel_log.killed(10, "job")
+    snap = col.collect()
+    assert kills(snap) == {"job": 1} and snap.oom_unattributed == 0
+
+
+def test_a_recent_cgroup_inside_this_cycles_unit_is_not_counted_twice(host: Host) -> None:
+    """The group's last process in app/web is killed while another appears in
+    app: app's counter (its first reading, its history) holds the kill."""
+    host.cgroup("app", oom_kill=0)
+    host.cgroup("app/web", oom_kill=0)
+    host.process(10, "app", "app/web")
+    col = collector(host)
+    col.collect()
+    host.kill(10)
+    host.oom_kill("app/web", 1)
+    host.oom_kill("app", 1)  # the kernel counts it in every ancestor too
+    host.process(11, "app", "app")
+    assert [kills(col.collect())["app"] for _ in range(2)] == [1, 1]
+
+
+def test_group_pressure_when_a_process_joins_the_parent_cgroup(host: Host) -> None:
+    """Finding 5: app's stall total includes app/web's 100 s counted already."""
+    host.cgroup("app", oom_kill=0)
+    host.cgroup("app/web", oom_kill=0)
+    host.pressure("app/web", 100.0)
+    host.pressure("app", 150.0)
+    host.process(10, "app", "app/web")
+    col = collector(host)
+    seen = [col.collect().cgroups["app"].pressure]
+    host.process(11, "app", "app")  # the group's outermost cgroup is now app
+    seen.append(col.collect().cgroups["app"].pressure)
+    host.pressure("app", 160.0)
+    seen.append(col.collect().cgroups["app"].pressure)
+    assert [p["some"] if p else None for p in seen] == [100.0, 100.0, 110.0]

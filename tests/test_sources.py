@@ -19,6 +19,7 @@ from exporter.config import build_config
 from exporter.host import AccountingSource, ProcFile
 from exporter.kmsg import KmsgWatcher
 from exporter.metrics import render
+from exporter.phpfpm import PhpFpmSource
 from exporter.procfs import parse_meminfo
 from exporter.scheduling import Scheduler
 from exporter.snapshot import Snapshot, SourceResult
@@ -60,6 +61,7 @@ def by_name(snap: Snapshot) -> dict[str, bool]:
 
 # The Tree has a meminfo and no other host file.
 SOURCES = {
+    "phpfpm_trust": True,
     "phpfpm_config": True,
     "phpfpm_status": True,
     "phpfpm_peaks": True,
@@ -115,6 +117,24 @@ def test_a_raising_source_loses_only_its_own_metrics(
     assert "Traceback" not in caplog.text
     samples = parse_samples(render(snap).text.decode())
     assert group_value(samples, "pss_group_pss_bytes", "db") == 500 * 1024
+
+
+def test_a_failing_php_fpm_trust_check_loses_only_php_fpms_grouping(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The php-fpm part of grouping (trust checks, pool names) runs as a
+    source: a surprise there used to fail the whole collection, for good
+    when it recurred each cycle."""
+
+    def broken(self: PhpFpmSource, masters: dict[int, int]) -> dict[int, int]:
+        raise KeyError("trust bug")
+
+    monkeypatch.setattr(PhpFpmSource, "trust", broken)
+    with collector(tree) as col:
+        snap = col.collect()
+    assert by_name(snap) == {**SOURCES, "phpfpm_trust": False}
+    assert {g.name: g.pss for g in snap.groups} == {"app": 400 * 1024, "db": 500 * 1024}
+    assert "source phpfpm_trust failed: KeyError" in caplog.text
 
 
 def test_a_failing_kernel_log_keeps_the_other_sources(

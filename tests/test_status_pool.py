@@ -113,3 +113,26 @@ def test_the_status_process_is_no_worker_and_leaves_no_peak(tmp_path: Path) -> N
     # peak USS = VmHWM - (RSS - USS) now: 30 - 8 and 20 - 7; not 90 - 6
     assert set(peaks) == {"php-fpm:crawl"} and peaks["php-fpm:crawl"].peaks == (13 * MiB, 22 * MiB)
     assert errors == []
+
+
+def test_a_status_pools_status_pool_is_grouped_before_and_after_the_config_loads() -> None:
+    """Review finding 1: running www, www_status (a pool with pm.status_listen)
+    and www_status_status (its status pool) before the master's config is read
+    raised KeyError in the grouping, every cycle, so the config was never read.
+    A status pool is never served through another status pool: until the
+    config says www_status is a pool, www_status_status is a pool of its own."""
+    workers = {11: "www", 12: "www_status", 13: "www_status_status"}
+    assert fpm(workers, []) == {
+        10: "php-fpm:master",
+        11: "php-fpm:www",
+        12: "php-fpm:www",
+        13: "php-fpm:www_status_status",
+        -12: "status",
+    }
+    assert fpm(workers, [("www", 10), ("www_status", 10)]) == {
+        10: "php-fpm:master",
+        11: "php-fpm:www",
+        12: "php-fpm:www_status",
+        13: "php-fpm:www_status",
+        -13: "status",
+    }

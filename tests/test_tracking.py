@@ -77,7 +77,7 @@ def test_a_process_whose_cgroup_cannot_be_read_is_in_its_parents(tree: Tree) -> 
     tree.write(10, "php-fpm", 100)
     (tree.root / "10" / "cgroup").write_text("4:memory:/fpm\n0::/fpm\n")
     tree.write(11, "php-fpm", 100, ppid=10)
-    (tree.root / "11" / "cgroup").mkdir()  # reading it fails (EISDIR), as for an exiting one
+    # no cgroup file: reading it fails (ENOENT), as for an exiting one
     t = Tracker(str(tree.root), Classify(), ReadErrors(), use_statm=True, cgroups=True)
     master, worker = t.discover([10, 11], 0.0)
     assert master.cgroup is not None and master.cgroup.v1_memory == "/fpm"
@@ -101,3 +101,32 @@ def test_an_exiting_process_that_reads_as_the_root_cgroup_is_in_its_parents(
     _, worker = t.discover([10, 11], 0.0)
     assert worker.cgroup is not None
     assert worker.cgroup.v1_memory == ("/fpm" if exiting else "/")
+
+
+def test_a_cgroup_file_unreadable_for_another_reason_is_no_cgroup(tree: Tree) -> None:
+    """Only a vanished cgroup file (ENOENT, ESRCH) says the process is exiting;
+    EISDIR, EACCES, EINVAL say nothing of where it is."""
+    tree.write(10, "php-fpm", 100)
+    (tree.root / "10" / "cgroup").write_text("4:memory:/fpm\n0::/fpm\n")
+    tree.write(11, "php-fpm", 100, ppid=10)
+    (tree.root / "11" / "cgroup").mkdir()  # reading it fails with EISDIR
+    t = Tracker(str(tree.root), Classify(), ReadErrors(), use_statm=True, cgroups=True)
+    _, worker = t.discover([10, 11], 0.0)
+    assert worker.cgroup is None
+
+
+@pytest.mark.parametrize("gone", [True, False])
+def test_an_exiting_child_of_pid_1_is_not_in_pid_1s_cgroup(tree: Tree, gone: bool) -> None:
+    """A daemonised (reparented) victim: PID 1 did not fork it, so PID 1's
+    cgroup (init.scope) says nothing of its own; it has none known."""
+    tree.write(1, "systemd", 100, ppid=0)
+    (tree.root / "1" / "cgroup").write_text("4:memory:/init.scope\n0::/init.scope\n")
+    tree.write(11, "daemon", 100, ppid=1)
+    stat = tree.root / "11" / "stat"
+    stat.write_text(stat.read_text().replace(" 4194560 ", f" {4194560 | 0x4} "))  # exiting
+    if not gone:  # v1 shows an exiting task in the root
+        (tree.root / "11" / "cgroup").write_text("4:memory:/\n0::/\n")
+    t = Tracker(str(tree.root), Classify(), ReadErrors(), use_statm=True, cgroups=True)
+    init, daemon = t.discover([1, 11], 0.0)
+    assert init.cgroup is not None and init.cgroup.v1_memory == "/init.scope"
+    assert daemon.cgroup is None
