@@ -100,7 +100,7 @@ class Collector:
         )
         self._kmsg = kmsg
         self._kernel_log = KernelLogSource(kmsg) if kmsg else None
-        self._ooms = OomAttribution()
+        self._ooms = OomAttribution(log=kmsg is not None)
         self._counters: Monotonic[tuple[str, ...]] = Monotonic()
         self._masters: frozenset[tuple[int, int]] = frozenset()  # last cycle's, (pid, start)
         self._results: dict[str, SourceResult] = {}  # the last completed cycle's, by source

@@ -106,8 +106,11 @@ class OomAttribution:
     """Per-group OOM kill counters and the unattributed ones (see the module
     docstring). Fed once per collection by update(); not thread-safe."""
 
-    def __init__(self, grace: int = GRACE) -> None:
+    def __init__(self, grace: int = GRACE, log: bool = True) -> None:
         self.grace = grace
+        # Whether a kernel log feeds victims: only then are the PIDs seen
+        # remembered (for RECENT_PIDS: a churning host's every process).
+        self._log = log
         # cumulative kills by group and when last credited, least recently present first
         self._groups: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._now = 0.0
@@ -139,7 +142,8 @@ class OomAttribution:
             if group in self._groups:
                 self._groups.move_to_end(group)
         self._note(now, units or (), gone)
-        self._remember(now, grouped, units)
+        if self._log:
+            self._remember(now, grouped, units)
         if units is not None:
             self._losses(dict(grouped), units)
         shared: set[UnitKey] = set()

@@ -37,19 +37,28 @@ MAX_WORKERS = 5_000
 MAX_ENTRIES = 50_000
 
 
+_HWM = b"VmHWM:"
+
+
 def parse_vmhwm(status: bytes) -> int:
     """VmHWM of /proc/PID/status, in bytes; ParseError when absent or malformed
-    (a kernel thread or a zombie has none)."""
-    for line in status.split(b"\n"):
-        if line.startswith(b"VmHWM:"):
-            fields = line[6:].split()
-            if len(fields) != 2 or fields[1] != b"kB":
-                break
-            kb = parse_uint(fields[0], "VmHWM")
-            if kb > MAX_VALUE >> 10:
-                break
-            return kb << 10
-    raise ParseError("no VmHWM line in kB")
+    (a kernel thread or a zombie has none). Found, not split into its ~55
+    lines: it is read for every php-fpm worker read (the kernel escapes a
+    newline in the Name line, so no other line can pass for it)."""
+    if status.startswith(_HWM):
+        at = 0
+    else:
+        at = status.find(b"\n" + _HWM) + 1
+        if not at:
+            raise ParseError("no VmHWM line in kB")
+    end = status.find(b"\n", at)
+    fields = status[at + len(_HWM) : end if end >= 0 else len(status)].split()
+    if len(fields) != 2 or fields[1] != b"kB":
+        raise ParseError("no VmHWM line in kB")
+    kb = parse_uint(fields[0], "VmHWM")
+    if kb > MAX_VALUE >> 10:
+        raise ParseError("VmHWM out of range")
+    return kb << 10
 
 
 def peak_uss(hwm: int, memory: Memory) -> int:
@@ -104,6 +113,16 @@ class PeaksSource:
                 continue  # a master, or a status pool's process (classify._status_pools)
             if group == OTHER_GROUP or p.memory is None or p.state == "Z":
                 continue
+            workers = self._pools.setdefault(group, {})
+            self._since.setdefault(group, now)
+            key = (p.pid, p.starttime)
+            known = workers.get(key)
+            if known is not None and p.read_at != now:
+                # VmHWM is read with the smaps (statm changed, max_age, ...): it
+                # only ever grows, so a later read loses nothing of a live
+                # worker's peak, and an idle pool costs no status read a cycle.
+                workers[key] = known._replace(seen=now)
+                continue
             try:
                 hwm = parse_vmhwm(read_bytes(f"{self.procfs}/{p.pid}/status"))
             except OSError as exc:
@@ -114,10 +133,7 @@ class PeaksSource:
             except ParseError:
                 self._count_error(PARSE)
                 continue
-            workers = self._pools.setdefault(group, {})
-            self._since.setdefault(group, now)
-            key = (p.pid, p.starttime)
-            workers[key] = merge(workers.get(key), peak_uss(hwm, p.memory), p.memory.uss, now)
+            workers[key] = merge(known, peak_uss(hwm, p.memory), p.memory.uss, now)
         self._expire(now)
         return {
             group: window_peaks(workers, self.window, now - self._since[group])

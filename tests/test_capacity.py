@@ -171,6 +171,9 @@ STATUS = b"Name:\tphp-fpm8.2\nVmPeak:\t  300000 kB\nVmHWM:\t   30720 kB\nVmRSS:\
 
 def test_parse_vmhwm() -> None:
     assert parse_vmhwm(STATUS) == 30 * MiB
+    # A title cannot forge it: the Name line is not a VmHWM line; the last
+    # line may end without a newline.
+    assert parse_vmhwm(b"Name:\tVmHWM:\t1 kB\nVmHWM:\t2 kB") == 2048
     for bad in (
         b"Name:\tx\n",
         b"VmHWM:\t12 MB\n",
@@ -206,6 +209,7 @@ class FakeWorkers:
         self.procs: dict[int, Proc] = {}
         self.errors: list[str] = []
         self.source = PeaksSource(str(root), 600.0, self.errors.append)
+        self.read: set[int] = set()
 
     def set(self, pid: int, hwm_mib: float, rss_mib: float, uss_mib: float, start: int = 1) -> None:
         d = self.root / str(pid)
@@ -217,12 +221,17 @@ class FakeWorkers:
             self.procs[pid] = p
         rss, uss = int(rss_mib * MiB), int(uss_mib * MiB)
         p.memory = Memory(rss, uss + (rss - uss) // 4, uss, 0, 0, None, None, None)
+        self.read.add(pid)  # its smaps read by the next collection
 
     def exit(self, pid: int) -> None:
         del self.procs[pid]
 
     def collect(self, now: float) -> PoolPeaks:
         procs = list(self.procs.values())
+        for p in procs:
+            if p.pid in self.read:
+                p.read_at = now  # as the scheduler leaves a process it read
+        self.read.clear()
         view = FpmView(frozenset(self.procs), {}, {}, 0)
         cycle = Cycle(now, procs, [self.group] * len(procs), view, self.procs)
         return self.source.collect(cycle)[self.group]
@@ -269,6 +278,21 @@ def test_entries_are_bounded_per_pool_and_in_all(
     assert w.source.collect(Cycle(22.0, [], [], FpmView(frozenset(), {}, {}, 0), {}))[
         "php-fpm:www"
     ].peaks == tuple(m * MiB for m in range(13, 17))  # 8 in all: www's oldest went
+
+
+def test_vmhwm_is_read_with_the_smaps_only(tmp_path: Path) -> None:
+    """An idle pool costs no /proc/PID/status read a cycle: VmHWM only grows,
+    so it is read when the worker's smaps is (statm changed, max_age), and a
+    worker not read this cycle keeps its entry, seen now."""
+    w = FakeWorkers(tmp_path)
+    w.set(7, hwm_mib=40, rss_mib=12, uss_mib=2)
+    assert w.collect(0.0).peaks == (30 * MiB,)
+    (tmp_path / "7" / "status").write_bytes(b"VmHWM:\tgarbage\n")  # an error if read
+    assert w.collect(1.0).peaks == (30 * MiB,)
+    assert w.errors == []
+    w.set(7, hwm_mib=50, rss_mib=12, uss_mib=2)  # read again: the new peak counts
+    assert w.collect(2.0).peaks == (40 * MiB,)
+    assert w.collect(602.0).peaks == (40 * MiB,)  # last seen at 2: within the window
 
 
 def test_unreadable_status_loses_that_worker_for_the_cycle_only(tmp_path: Path) -> None:
