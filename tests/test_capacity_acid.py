@@ -171,6 +171,32 @@ def master(tmp: Path, ports: Ports, children: int, cg: MemoryCgroup) -> Iterator
         yield
 
 
+def run_at(
+    url: str,
+    tmp: Path,
+    ports: Ports,
+    cg: MemoryCgroup,
+    children: int,
+    clients: int,
+    seed: int,
+    name: str,
+    run: dict[str, object],
+) -> Load:
+    """The pool restarted at max_children = children and crawled by clients:
+    its requests, failures and OOM kills, and its projection over its budget
+    before the first request, go into run under name."""
+    with master(tmp, ports, children, cg):
+        seen = seen_with(url, children)
+        kills = cg.oom_kills()
+        load = crawl(ports.crawled, clients, LOAD_SECONDS, MIN_MIB, MAX_MIB, seed)
+        run[f"{name}_requests"], run[f"{name}_failed"] = load.ok, load.failed
+        run[f"{name}_oom_kills"] = cg.oom_kills() - kills
+    projected = peak_based(seen, "pss_phpfpm_projected_bytes", CRAWLED)
+    budget = figure(seen, "pss_phpfpm_budget_bytes", CRAWLED)
+    run[f"{name}_projected_over_budget"] = round(projected / budget, 3)
+    return load
+
+
 def test_the_pool_run_at_the_recommendation_holds_and_at_twice_it_does_not(
     cgroup: MemoryCgroup, tmp_path: Path
 ) -> None:
@@ -237,29 +263,10 @@ def test_the_pool_run_at_the_recommendation_holds_and_at_twice_it_does_not(
         # The peak is what a worker held at its largest request, not its idle USS.
         assert MAX_MIB * MIB <= size <= (MAX_MIB + 4) * MIB, run
 
-        # 3. At R, crawled at 2R: no OOM kill.
-        with master(tmp_path, ports, r, cgroup):
-            at_r = seen_with(url, r)
-            kills = cgroup.oom_kills()
-            held = crawl(ports.crawled, 2 * r, LOAD_SECONDS, MIN_MIB, MAX_MIB, 3)
-            run.update(at_r_requests=held.ok, at_r_failed=held.failed)
-            run["at_r_oom_kills"] = cgroup.oom_kills() - kills
-        projected_r = peak_based(at_r, "pss_phpfpm_projected_bytes", CRAWLED)
-        run["at_r_projected_over_budget"] = round(
-            projected_r / figure(at_r, "pss_phpfpm_budget_bytes", CRAWLED), 3
-        )
-
-        # 4. At 2R: over budget before any request, then OOM kills.
-        with master(tmp_path, ports, 2 * r, cgroup):
-            at_2r = seen_with(url, 2 * r)
-            kills = cgroup.oom_kills()
-            broken = crawl(ports.crawled, 2 * r, LOAD_SECONDS, MIN_MIB, MAX_MIB, 4)
-            run.update(at_2r_requests=broken.ok, at_2r_failed=broken.failed)
-            run["at_2r_oom_kills"] = cgroup.oom_kills() - kills
-        projected_2r = peak_based(at_2r, "pss_phpfpm_projected_bytes", CRAWLED)
-        run["at_2r_projected_over_budget"] = round(
-            projected_2r / figure(at_2r, "pss_phpfpm_budget_bytes", CRAWLED), 3
-        )
+        # 3. At R, crawled at 2R: no OOM kill. 4. At 2R: over budget before
+        # any request, then OOM kills.
+        held = run_at(url, tmp_path, ports, cgroup, r, 2 * r, 3, "at_r", run)
+        run_at(url, tmp_path, ports, cgroup, 2 * r, 2 * r, 4, "at_2r", run)
     FIGURES.write_text(json.dumps(run, indent=1))
     print(json.dumps(run, indent=1))
     assert run["at_r_oom_kills"] == 0 and held.failed == 0, run

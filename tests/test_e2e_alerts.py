@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -33,7 +34,7 @@ from dashboards_util import (
     variable_values,
 )
 from fpm import global_section, pool_workers, running_fpm
-from prometheus_util import running_prometheus, wait_for_series
+from prometheus_util import Prometheus, running_prometheus, wait_for_series
 from test_alerts import KNOBS, generated
 
 from exporter.cgroup import read_memory, read_oom_kills
@@ -121,6 +122,35 @@ def running_alertmanager(workdir: Path, webhook: str) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(url + "/-/ready", proc)
         yield url
+
+
+class Servers(NamedTuple):
+    received: list[dict]  # the alerts Alertmanager delivered, in arrival order
+    exporter: str  # its base URL
+    target: str  # its host:port, Prometheus's instance label
+    prometheus: Prometheus
+
+
+@contextmanager
+def alerting(tmp_path: Path, job: str, knobs: str) -> Iterator[Servers]:
+    """The webhook receiver, Alertmanager, the exporter (collecting every
+    500ms) and Prometheus scraping it as job, with the rules rendered with
+    knobs (YAML over alerts/thresholds.yml): all on loopback, in tmp_path."""
+    rules = tmp_path / "pss-exporter.rules.yml"
+    rules.write_text(generated(tmp_path, knobs))
+    exporter_config = tmp_path / "exporter.yaml"
+    exporter_config.write_text("collection: {interval: 500ms}\n")
+    with ExitStack() as stack:
+        hook, received = stack.enter_context(running_webhook())
+        alertmanager = stack.enter_context(running_alertmanager(tmp_path / "am", hook))
+        exporter = stack.enter_context(running_exporter("--config", str(exporter_config)))
+        target = urllib.parse.urlsplit(exporter).netloc
+        prometheus = stack.enter_context(
+            running_prometheus(
+                tmp_path / "prometheus", job, target, rules=rules, alertmanager=alertmanager
+            )
+        )
+        yield Servers(received, exporter, target, prometheus)
 
 
 @contextmanager
@@ -258,22 +288,9 @@ def test_leaking_pool_alerts_near_limit_then_oom_kill(
     group, job = f"php-fpm:{pool}", f"pss_e2e_{pool[5:]}"
     listen = f"127.0.0.1:{free_port()}"
     near_target = knob("near_limit_ratio") + NEAR_MARGIN
-    rules = tmp_path / "pss-exporter.rules.yml"
-    rules.write_text(generated(tmp_path, SHORT_KNOBS))
-    exporter_config = tmp_path / "exporter.yaml"
-    exporter_config.write_text("collection: {interval: 500ms}\n")
-
     with ExitStack() as stack:
-        hook, received = stack.enter_context(running_webhook())
-        alertmanager = stack.enter_context(running_alertmanager(tmp_path / "am", hook))
         fpm = stack.enter_context(fpm_in_cgroup(tmp_path / "fpm", limited_cgroup, pool, listen))
-        exporter = stack.enter_context(running_exporter("--config", str(exporter_config)))
-        target = urllib.parse.urlsplit(exporter).netloc
-        prometheus = stack.enter_context(
-            running_prometheus(
-                tmp_path / "prometheus", job, target, rules=rules, alertmanager=alertmanager
-            )
-        )
+        received, _, target, prometheus = stack.enter_context(alerting(tmp_path, job, SHORT_KNOBS))
 
         def diagnose() -> str:
             alerts = http_get(prometheus.url + "/api/v1/alerts")[2].decode()

@@ -22,23 +22,14 @@ Everything listens on 127.0.0.1, lives in tmp_path and is stopped by the test.
 from __future__ import annotations
 
 import time
-import urllib.parse
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from fpm import clients, global_section, running_fpm
-from prometheus_util import query, running_prometheus, wait_for_series
-from test_alerts import generated
-from test_e2e_alerts import (
-    check_alert,
-    first_firing,
-    oom_kills,
-    running_alertmanager,
-    running_webhook,
-    wait_for_alert,
-)
+from prometheus_util import query, wait_for_series
+from test_e2e_alerts import alerting, check_alert, first_firing, oom_kills, wait_for_alert
 from test_oom_storm import limit_for_storm
 
 from conftest import (
@@ -47,7 +38,6 @@ from conftest import (
     group_value,
     http_get,
     parse_samples,
-    running_exporter,
     wait_until,
 )
 
@@ -111,23 +101,12 @@ def test_overcommitted_pool_warns_before_the_oom_storm_and_the_storm_pages(
         # Its own status pool, as a status page is usually run.
         f"pm.status_path = /status\npm.status_listen = {status_listen}\n"
     )
-    rules = tmp_path / "pss-exporter.rules.yml"
-    rules.write_text(generated(tmp_path, SHORT_KNOBS))
-    exporter_config = tmp_path / "exporter.yaml"
-    exporter_config.write_text("collection: {interval: 500ms}\n")
-
     with ExitStack() as stack:
-        hook, received = stack.enter_context(running_webhook())
-        alertmanager = stack.enter_context(running_alertmanager(tmp_path / "am", hook))
         fpm = stack.enter_context(
             running_fpm(conf, {pool: WORKERS}, cgroup=limited_cgroup, graceful=False)
         )
-        exporter = stack.enter_context(running_exporter("--config", str(exporter_config)))
-        target = urllib.parse.urlsplit(exporter).netloc
-        prometheus = stack.enter_context(
-            running_prometheus(
-                tmp_path / "prometheus", job, target, rules=rules, alertmanager=alertmanager
-            )
+        received, exporter, target, prometheus = stack.enter_context(
+            alerting(tmp_path, job, SHORT_KNOBS)
         )
 
         def diagnose() -> str:

@@ -170,6 +170,14 @@ def group_series(samples: dict) -> set[str]:
     return {name for name, labels in samples if ("group", GROUP) in labels}
 
 
+def oom_kill(pid: int, memory_cgroup: MemoryCgroup) -> None:
+    """Make memhog pid grow past the cgroup's limit, and wait until the
+    kernel has OOM-killed it: the cgroup's first kill."""
+    os.kill(pid, signal.SIGUSR1)
+    wait_until_dead(pid)
+    assert memory_cgroup.oom_kills() == 1
+
+
 def wait_until_dead(pid: int) -> None:
     """Wait for a child of ours to die (it stays a zombie until reaped)."""
     proc = psutil.Process(pid)
@@ -242,9 +250,7 @@ def test_oom_kill_from_the_kernel_log(tmp_path: Path, memory_cgroup: MemoryCgrou
         assert not {n for n in group_series(seen) if "cgroup" in n}
         assert get(seen, "pss_group_oom_kills_total", group=GROUP) == 0
 
-        os.kill(victim.pids[0], signal.SIGUSR1)  # grow past the limit
-        wait_until_dead(victim.pids[0])
-        assert memory_cgroup.oom_kills() == 1
+        oom_kill(victim.pids[0], memory_cgroup)
 
         after = wait_for(
             url,
@@ -296,9 +302,7 @@ def test_two_groups_in_one_cgroup_only_the_victims_group_counts(
         host_before = get(seen, "pss_host_oom_kills_total")
         assert host_before is not None
 
-        os.kill(victim.pids[0], signal.SIGUSR1)  # grow past the limit
-        wait_until_dead(victim.pids[0])
-        assert memory_cgroup.oom_kills() == 1
+        oom_kill(victim.pids[0], memory_cgroup)
 
         after = wait_for(
             url,
