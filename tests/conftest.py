@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -231,9 +231,16 @@ def require_binary(name: str) -> str:
     )
     if path:
         return path
+    unavailable(f"{name} is not installed (tests/run.sh installs it)")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A system feature the test needs is missing: fail in CI, whose machine
+    has it (root, Debian's packages, memory cgroups), so that a test can
+    never pass there by not running; skip elsewhere."""
     if os.environ.get("CI"):
-        pytest.fail(f"{name} is not installed; tests/run.sh installs it")
-    pytest.skip(f"{name} is not installed (run tests/run.sh to install it)")
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 # ------------------------------------------------------------- memory cgroup
@@ -256,7 +263,7 @@ def _memory_cgroup_root() -> Path:
         probe.rmdir()
         if ok:
             return root
-    pytest.skip("this machine cannot create memory cgroups (needs root and a memory controller)")
+    unavailable("this machine cannot create memory cgroups (needs root and a memory controller)")
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 from fpm import ALLOC, global_section, running_fpm
-from test_oom import MemoryCgroup, _memory_roots, _remove
+from test_oom import MemoryCgroup, new_memory_cgroup
 
 from exporter.fastcgi import FastCGIError, request
 
@@ -58,25 +58,8 @@ FIGURES = Path("/tmp") / f"pss-capacity-acid-{SUFFIX}.json"
 @pytest.fixture
 def cgroup() -> Iterator[MemoryCgroup]:
     """A memory cgroup limited to LIMIT, swapping forbidden."""
-    for root, version in _memory_roots():
-        cg = root / f"pss-acid-{SUFFIX}"
-        try:
-            cg.mkdir()
-        except OSError:
-            continue
-        try:
-            if version == 1:
-                (cg / "memory.limit_in_bytes").write_text(str(LIMIT))
-                (cg / "memory.swappiness").write_text("0")
-            else:
-                (cg / "memory.max").write_text(str(LIMIT))
-                if (cg / "memory.swap.max").exists():
-                    (cg / "memory.swap.max").write_text("0")
-            yield MemoryCgroup(cg, version)
-        finally:
-            _remove(cg)
-        return
-    pytest.skip("cannot create a memory cgroup here (needs root and a memory controller)")
+    with new_memory_cgroup(f"pss-acid-{SUFFIX}", LIMIT) as cg:
+        yield cg
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import http_get, parse_samples, running_exporter, wait_until
+from conftest import http_get, parse_samples, running_exporter, unavailable, wait_until
 from memhog import MIB, join_cgroup, running_hog
 
 pytestmark = pytest.mark.live
@@ -74,16 +75,16 @@ def _memory_roots() -> Iterator[tuple[Path, int]]:
             yield root, 2
 
 
-def _limit(cg: Path, version: int) -> None:
-    """Limit memory to LIMIT and forbid swapping, so the limit means an OOM kill."""
+def _limit(cg: Path, version: int, limit: int) -> None:
+    """Limit memory to limit and forbid swapping, so the limit means an OOM kill."""
     if version == 1:
-        (cg / "memory.limit_in_bytes").write_text(str(LIMIT))
+        (cg / "memory.limit_in_bytes").write_text(str(limit))
         (cg / "memory.swappiness").write_text("0")
         memsw = cg / "memory.memsw.limit_in_bytes"  # only with swap accounting
         if memsw.exists():
-            memsw.write_text(str(LIMIT))
+            memsw.write_text(str(limit))
     else:
-        (cg / "memory.max").write_text(str(LIMIT))
+        (cg / "memory.max").write_text(str(limit))
         swap = cg / "memory.swap.max"
         if swap.exists():
             swap.write_text("0")
@@ -107,18 +108,21 @@ def _remove(cg: Path) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture
-def memory_cgroup() -> Iterator[MemoryCgroup]:
+@contextmanager
+def new_memory_cgroup(name: str, limit: int) -> Iterator[MemoryCgroup]:
+    """A memory cgroup NAME (v1, or v2 where the unified root delegates the
+    controller) limited to limit bytes without swap; removed with whatever
+    is left in it."""
     errors = []
     for root, version in _memory_roots():
-        cg = root / f"pss-oom-{uuid.uuid4().hex[:8]}"
+        cg = root / name
         try:
             cg.mkdir()
         except OSError as exc:
             errors.append(f"{root}: {exc.strerror}")
             continue
         try:
-            _limit(cg, version)
+            _limit(cg, version, limit)
         except BaseException:
             _remove(cg)
             raise
@@ -127,10 +131,16 @@ def memory_cgroup() -> Iterator[MemoryCgroup]:
         finally:
             _remove(cg)
         return
-    pytest.skip(
+    unavailable(
         "cannot create a memory cgroup here (needs root and a memory controller, v1 or "
         f"delegated in the unified hierarchy): {'; '.join(errors) or 'no memory controller'}"
     )
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[MemoryCgroup]:
+    with new_memory_cgroup(f"pss-oom-{uuid.uuid4().hex[:8]}", LIMIT) as cg:
+        yield cg
 
 
 def write_config(tmp_path: Path, marker: str, extra: str) -> Path:

@@ -32,7 +32,7 @@ from exporter.collector import Collector
 from exporter.config import Config, load_config
 from exporter.snapshot import Snapshot
 
-from conftest import MEMORY_LIMIT, wait_until
+from conftest import MEMORY_LIMIT, unavailable, wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -95,7 +95,7 @@ class Freezer:
             return
         root = Path("/sys/fs/cgroup/freezer")
         if not (root / "cgroup.procs").exists():
-            pytest.skip("no cgroup freezer (v1 freezer controller or v2 cgroup.freeze)")
+            unavailable("no cgroup freezer (v1 freezer controller or v2 cgroup.freeze)")
         self.path = root / f"pss-storm-{uuid.uuid4().hex[:8]}"
         self.path.mkdir()
 
